@@ -1,0 +1,98 @@
+"""Export a torch model artifact to ONNX and verify it numerically against torch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import flops as flops_mod
+from . import models, runtime
+from .data import load_dataset
+from .errors import ModelpressError
+from .fileio import atomic_dir, local_path, write_json_atomic
+from .training import score_logits
+
+OPSET = 18  # the torch exporter's own op library targets 18: no version conversion
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_model(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int = OPSET) -> None:
+    """Dynamo export with a dynamic batch dimension and embedded weights."""
+    if len(example) < 2:  # torch.export specialises batch sizes 0 and 1
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    buf = io.StringIO()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns about torchvision ops this project never uses
+    try:
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings():  # it narrates each stage
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (example,), path, dynamo=True, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    except Exception as exc:
+        raise ModelpressError(f"ONNX export failed for {type(model).__name__}: "
+                              f"{type(exc).__name__}: {str(exc)[:500]}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = OPSET,
+                rtol: float = 1e-3, atol: float = 1e-4, verify_samples: int = 256,
+                log: Callable[[str], None] = print) -> dict:
+    """Export, check and verify; write ``model.onnx`` + ``meta.json`` to ``out_dir``."""
+    import onnx
+    import onnxruntime as ort
+
+    model, spec = models.load_model(model_dir)
+    ds = load_dataset(dataset_dir)
+    x = ds.test.x[:max(2, verify_samples)]
+    t0 = time.perf_counter()
+    with atomic_dir(local_path(out_dir)) as tmp:
+        path = tmp / runtime.ONNX_FILE
+        export_model(model, torch.from_numpy(ds.test.x[:2]), str(path), opset)
+        runtime.check_onnx(path)
+        sess = runtime.session(path)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = runtime.run_logits(sess, x)
+        single = runtime.run_logits(sess, x[:1], batch_size=1)  # batch 1 must work too
+        abs_diff = np.abs(got - ref)
+        max_abs = float(max(abs_diff.max(), np.abs(single - ref[:1]).max()))
+        max_rel = float((abs_diff / (np.abs(ref) + 1e-12)).max())
+        allowed = atol + rtol * np.abs(ref)
+        if (abs_diff > allowed).any():
+            raise ModelpressError(
+                f"ONNX output differs from torch beyond tolerance (rtol {rtol}, atol {atol}): "
+                f"max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} on {len(x)} test inputs. "
+                "The model may use an op the exporter translates inexactly.")
+        test = score_logits(runtime.run_logits(sess, ds.test.x), ds.test.y, len(ds.class_names))
+        fwd = flops_mod.forward_flops(model, ds.feature_shape)
+        meta = {
+            "framework": "onnx", "format": "onnx", "precision": "fp32",
+            "opset": opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "input_shape": [-1, *ds.feature_shape], "class_names": ds.class_names,
+            "architecture": spec["architecture"], "params": models.count_params(model),
+            "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
+            "max_abs_diff": max_abs, "max_rel_diff": max_rel, "verify_samples": len(x),
+            "size_bytes": path.stat().st_size, "source_spec": spec,
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": ort.__version__},
+        }
+        write_json_atomic(tmp / runtime.META_FILE, meta)
+    seconds = time.perf_counter() - t0
+    log(f"[export-onnx] opset {opset}, {meta['size_bytes'] / 1e6:.2f} MB, max abs diff {max_abs:.2e}, "
+        f"ONNX Runtime test accuracy {test['accuracy']:.4f}, {seconds:.1f}s")
+    metrics = {"test_accuracy": test["accuracy"], "max_abs_diff": max_abs, "max_rel_diff": max_rel,
+               "size_bytes": meta["size_bytes"], "opset": opset, "export_seconds": seconds}
+    return {"metadata": {k: v for k, v in meta.items() if k not in ("source_spec", "versions")},
+            "metrics": metrics}

@@ -1,0 +1,84 @@
+"""ONNX model artifacts and ONNX Runtime sessions.
+
+An ONNX model artifact is a directory with ``model.onnx`` (weights embedded) and
+``meta.json``. Functions here accept either the directory or the file itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelpressError
+from .fileio import local_path, read_json
+
+ONNX_FILE = "model.onnx"
+META_FILE = "meta.json"
+
+
+def onnx_file(path: str | os.PathLike) -> Path:
+    p = local_path(path)
+    if p.is_dir():
+        p = p / ONNX_FILE
+    if not p.exists():
+        raise ModelpressError(f"no ONNX model at {path}: expected a model.onnx file or a "
+                              "directory holding one (the export-onnx step writes it)")
+    return p
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    p = local_path(path)
+    meta = (p if p.is_dir() else p.parent) / META_FILE
+    return read_json(meta) if meta.exists() else {}
+
+
+def load_onnx(path: str | os.PathLike):
+    """onnx.load with a clear error for files that are not ONNX or are truncated."""
+    import onnx
+
+    p = onnx_file(path)
+    try:
+        model = onnx.load(str(p))
+    except Exception as exc:
+        raise ModelpressError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
+                              "it may be truncated or another format. Re-export it.") from None
+    if not model.graph.node:
+        raise ModelpressError(f"{p} holds no ONNX graph (empty or not an ONNX file); re-export it")
+    return model
+
+
+def check_onnx(path: str | os.PathLike) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(onnx_file(path)), full_check=True)
+    except Exception as exc:
+        raise ModelpressError(f"{path} fails the ONNX checker: {exc}") from None
+
+
+def session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session; `threads` fixes intra-op threads (benchmarks must)."""
+    import onnxruntime as ort
+
+    p = onnx_file(path)
+    load_onnx(p)  # clear message for non-ONNX or truncated files before ORT's own
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(p), sess_options=opts,
+                                    providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelpressError(f"ONNX Runtime cannot load {p}: {exc}") from None
+
+
+def run_logits(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)})[0])
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,209 @@
+"""Training and evaluation loops shared by train, prune (fine-tune) and distil."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import flops as flops_mod
+from . import models
+from .data import Dataset, load_dataset
+from .errors import ModelpressError
+
+OPTIMISERS = ("adamw", "adam", "sgd")
+# loss(logits, x, y) -> scalar; lets distillation add its teacher term.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int = 5  # epochs without validation-loss improvement before stopping; 0 = never
+    device: str = "auto"
+
+    def validate(self) -> "TrainSettings":
+        problems = []
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            problems.append(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
+            problems.append(f"learning_rate must be in (0, 10), got {self.learning_rate!r}")
+        if self.optimizer not in OPTIMISERS:
+            problems.append(f"optimizer must be one of {list(OPTIMISERS)}, got {self.optimizer!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            problems.append(f"patience must be a whole number >= 0, got {self.patience!r}")
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            problems.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if problems:
+            raise ModelpressError("invalid training settings: " + "; ".join(problems))
+        return self
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelpressError(f"device {device!r} asked for, but torch sees no CUDA GPU; "
+                              "use device 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator=None):
+    n = len(x)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device | str = "cpu",
+                   batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    device = torch.device(device)
+    model.to(device)
+    out = []
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    for i in range(0, len(xt), batch_size):
+        out.append(model(xt[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (y_true, y_pred), 1)
+    return m.tolist()
+
+
+def score_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
+    pred = logits.argmax(axis=1)
+    loss = float(F.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(y)).item())
+    return {"accuracy": float((pred == y).mean()), "loss": loss,
+            "confusion_matrix": confusion_matrix(y, pred, num_classes)}
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int,
+             device: torch.device | str = "cpu") -> dict:
+    return score_logits(predict_logits(model, x, device), y, num_classes)
+
+
+def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: LossFn | None = None,
+        log: Callable[[str], None] = print, label: str = "train") -> dict:
+    """Train in place with early stopping on validation loss; keep the best weights."""
+    settings.validate()
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9,
+                              weight_decay=settings.weight_decay, nesterov=True)
+    elif settings.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(ds.train.x) / settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.learning_rate,
+                                                total_steps=settings.epochs * steps_per_epoch)
+    xtr = torch.from_numpy(ds.train.x)
+    ytr = torch.from_numpy(ds.train.y)
+    loss_fn = loss_fn or (lambda logits, x, y: F.cross_entropy(logits, y))
+    num_classes = len(ds.class_names)
+    best_state, best_val, best_epoch, stale = None, math.inf, 0, 0
+    history = []
+    start = time.perf_counter()
+    epochs_run = 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        for xb, yb in _batches(xtr, ytr, settings.batch_size, gen):
+            xb, yb = xb.to(device), yb.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), xb, yb)
+            if not torch.isfinite(loss):
+                raise ModelpressError(f"training loss became {loss.item()} at epoch {epoch}; "
+                                      "lower learning_rate")
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(xb)
+            seen += len(xb)
+        val = evaluate(model, ds.validation.x, ds.validation.y, num_classes, device)
+        epochs_run = epoch
+        dt = time.perf_counter() - t0
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"], "seconds": dt})
+        log(f"[{label}] epoch {epoch}/{settings.epochs}  train_loss {total / seen:.4f}  "
+            f"val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}  "
+            f"{seen / dt:,.0f} samples/s  {dt:.1f}s")
+        if val["loss"] < best_val - 1e-6:
+            best_val, best_epoch, stale = val["loss"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if settings.patience and stale >= settings.patience:
+                log(f"[{label}] early stop: validation loss has not improved for "
+                    f"{settings.patience} epochs (best at epoch {best_epoch})")
+                break
+    seconds = time.perf_counter() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
+            "seconds": seconds, "samples_seen": len(ds.train.x) * epochs_run,
+            "final_train_loss": history[-1]["train_loss"], "best_val_loss": best_val,
+            "device": str(device)}
+
+
+def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
+          model_args: dict | None = None, settings: TrainSettings | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train a model from the registry on a dataset artifact; save it; return the result."""
+    settings = (settings or TrainSettings()).validate()
+    ds = load_dataset(dataset_dir)
+    spec = models.make_spec(architecture, ds.feature_shape, len(ds.class_names), **(model_args or {}))
+    torch.manual_seed(settings.seed)
+    model = models.build(spec)
+    params = models.count_params(model)
+    fwd = flops_mod.forward_flops(model, ds.feature_shape)
+    log(f"[train] {architecture} with {params:,} parameters, {fwd / 1e6:.2f} MFLOPs per example; "
+        f"{len(ds.train.x)} training examples; settings {asdict(settings)}")
+    fitted = fit(model, ds, settings, log=log)
+    test = evaluate(model, ds.test.x, ds.test.y, len(ds.class_names), fitted["device"])
+    compute = flops_mod.training_compute(fwd, len(ds.train.x), fitted["epochs_run"], fitted["seconds"])
+    metadata = {"framework": "pytorch", "architecture": architecture, "params": params,
+                "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
+                "precision": "fp32", "input_shape": list(ds.feature_shape),
+                "class_names": ds.class_names}
+    models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings)})
+    metrics = {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "final_train_loss": fitted["final_train_loss"], "best_val_loss": fitted["best_val_loss"],
+        "epochs_run": fitted["epochs_run"], "wall_seconds": fitted["seconds"],
+        "samples_per_s": fitted["samples_seen"] / fitted["seconds"] if fitted["seconds"] else 0.0,
+        "params": params, **compute,
+    }
+    log(f"[train] test accuracy {test['accuracy']:.4f}; {compute['training_flops']:.3g} training FLOPs "
+        f"({compute['training_pflop_days']:.3g} PF-days), achieved "
+        f"{compute['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s")
+    return {"metadata": metadata, "metrics": metrics,
+            "confusion_matrix": {"class_names": ds.class_names, "matrix": test["confusion_matrix"]},
+            "history": fitted["history"]}

@@ -1,0 +1,237 @@
+"""Run a pipeline through kfp.local and summarise it (importable; run_local.py is the CLI).
+
+kfp.local prints every task's executor input and output; the full stream goes to
+``run.log`` in the run folder while the console shows the progress lines that matter.
+The summary is built from the run folder (``executor_output.json`` per task), the local
+cache (for cached tasks) and the timestamps of the runner's own log lines.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelpress.fileio import write_json_atomic
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_CACHE = re.compile(r"Task '?([^' ]+)'? cache hit \(key=(\w+)\)")
+_PIPE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
+KEY_METRICS = ("test_accuracy", "accuracy", "max_abs_diff", "size_bytes", "samples_per_s",
+               "training_pflop_days", "epochs_run")
+
+
+@dataclass
+class TaskRecord:
+    name: str
+    status: str = "RUNNING"
+    started: float | None = None
+    ended: float | None = None
+    cached: bool = False
+    cache_key: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return round((self.ended or time.time()) - self.started, 3) if self.started else 0.0
+
+
+class LogTee(io.TextIOBase):
+    """Stands in for sys.stdout during a run: records task events, keeps the full log."""
+
+    def __init__(self, console, log_file, verbose: bool):
+        self.console, self.log_file, self.verbose = console, log_file, verbose
+        self.tasks: list[TaskRecord] = []
+        self.pipeline_status: str | None = None
+        self._buf = ""
+        self._current: TaskRecord | None = None
+
+    def writable(self):
+        return True
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def flush(self):
+        self.log_file.flush()
+        self.console.flush()
+
+    def _line(self, raw: str) -> None:
+        line = _ANSI.sub("", raw)
+        now = time.time()
+        show = self.verbose
+        if m := _START.search(line):
+            self._current = TaskRecord(m.group(1), started=now)
+            self.tasks.append(self._current)
+            self.console.write(f"▶ {m.group(1)}\n")
+        elif m := _CACHE.search(line):
+            rec = TaskRecord(m.group(1), status="CACHED", started=now, ended=now, cached=True,
+                             cache_key=m.group(2))
+            self.tasks.append(rec)
+            self.console.write(f"▶ {m.group(1)}: cached result reused\n")
+        elif m := _END.search(line):
+            rec = self._current if self._current and self._current.name == m.group(1) else None
+            if rec:
+                rec.status, rec.ended = m.group(2), now
+                self.console.write(f"  {rec.name}: {rec.status} in {rec.seconds:.1f}s\n")
+                if rec.status != "SUCCESS" and not self.verbose:
+                    self.console.write("".join(f"    {ln}\n" for ln in rec.lines[-25:]))
+            self._current = None
+        elif m := _PIPE_END.search(line):
+            self.pipeline_status = m.group(2)
+        elif self._current is not None:
+            stripped = line.strip()
+            self._current.lines.append(stripped)
+            # the library's progress lines, and errors; not the executor's own chatter
+            show = show or (stripped.startswith("[") and not stripped.startswith("[KFP Executor")
+                            ) or "Error:" in stripped
+            if show:
+                self.console.write(f"    {stripped}\n")
+            return
+        if show:
+            self.console.write(line + "\n")
+
+
+def _outputs_from_executor(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    out = {}
+    for name, value in (data.get("parameterValues") or {}).items():
+        out[name] = value
+    for name, arts in (data.get("artifacts") or {}).items():
+        art = arts["artifacts"][0]
+        out[name] = {"uri": art.get("uri"), "metadata": art.get("metadata", {})}
+    return out
+
+
+def _outputs_from_cache(cache_dir: Path, key_prefix: str) -> dict:
+    for path in cache_dir.glob(f"{key_prefix}*.json"):
+        data = json.loads(path.read_text())
+        return {k: ({"uri": v.get("uri"), "metadata": v.get("metadata", {})}
+                    if isinstance(v, dict) and v.get("__kfp_artifact__") else v)
+                for k, v in data.items()}
+    return {}
+
+
+def summarise(tee: LogTee, run_dir: Path | None, pipeline_root: Path) -> dict:
+    executor_files = sorted(run_dir.rglob("executor_output.json")) if run_dir else []
+    by_name: dict[str, list[Path]] = {}
+    for f in executor_files:
+        by_name.setdefault(f.parent.name, []).append(f)
+    tasks = []
+    for rec in tee.tasks:
+        if rec.cached:
+            outputs = _outputs_from_cache(pipeline_root / ".kfp_cache", rec.cache_key or "")
+            where = None
+        else:
+            files = by_name.get(rec.name, [])
+            f = files.pop(0) if files else None
+            outputs = _outputs_from_executor(f) if f else {}
+            where = str(f.parent.relative_to(run_dir)) if f else rec.name
+        metrics, artifacts, params = {}, {}, {}
+        for name, value in outputs.items():
+            if isinstance(value, dict) and "uri" in value:
+                artifacts[name] = value["uri"]
+                if name in ("metrics",) or name.endswith("metrics") and name != "classification":
+                    metrics.update({k: v for k, v in value["metadata"].items()
+                                    if isinstance(v, (int, float))})
+            else:
+                params[name] = value
+        tasks.append({"task": rec.name, "path": where, "status": rec.status, "cached": rec.cached,
+                      "seconds": rec.seconds, "parameters": params, "metrics": metrics,
+                      "artifacts": artifacts,
+                      "artifact_metadata": {k: v["metadata"] for k, v in outputs.items()
+                                            if isinstance(v, dict) and "metadata" in v}})
+    return {"status": tee.pipeline_status or ("FAILURE" if any(t["status"] == "FAILURE" for t in tasks)
+                                              else "UNKNOWN"),
+            "run_dir": str(run_dir) if run_dir else None, "tasks": tasks}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"pipeline {summary['pipeline']}: {summary['status']} in {summary['seconds']:.1f}s",
+             f"  {'task':<28} {'status':<8} {'seconds':>8}  key metrics"]
+    for t in summary["tasks"]:
+        keys = [k for k in KEY_METRICS if k in t["metrics"]][:4]
+        shown = ", ".join(f"{k}={_fmt(t['metrics'][k])}" for k in keys)
+        lines.append(f"  {t['task']:<28} {t['status']:<8} {t['seconds']:>8.1f}  {shown}")
+    lines.append("outputs:")
+    for t in summary["tasks"]:
+        for name, uri in t["artifacts"].items():
+            if name not in ("metrics", "classification"):
+                lines.append(f"  {t['task']}.{name}: {uri}")
+    if summary.get("summary_path"):
+        lines.append(f"summary: {summary['summary_path']}")
+    if summary.get("log_path"):
+        lines.append(f"full log: {summary['log_path']}")
+    return "\n".join(lines)
+
+
+def run(pipeline, pipeline_name: str, parameters: dict, pipeline_root: str, *,
+        cache: bool = True, verbose: bool = False, console=None) -> dict:
+    """Run `pipeline(**parameters)` locally; write summary.json in the run folder; return it."""
+    import warnings
+
+    from kfp import local
+
+    # The subprocess runner warns when an image name lacks "python"; the image is only
+    # used by Vertex and the Docker runner, this runner uses the project's venv.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    console = console or sys.stdout
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in root.iterdir()}
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=cache, raise_on_error=False)
+    log_path = root / f".{pipeline_name}-{int(time.time() * 1000)}.log"
+    start = time.time()
+    with open(log_path, "w") as log_file:
+        tee = LogTee(console, log_file, verbose)
+        saved = sys.stdout
+        sys.stdout = tee
+        # Cache hits are logged at INFO outside kfp's own logging context, where the root
+        # logger would drop them: listen at INFO for the length of the run.
+        root_logger = logging.getLogger()
+        handler = logging.StreamHandler(tee)
+        saved_level = root_logger.level
+        root_logger.addHandler(handler)
+        root_logger.setLevel(logging.INFO)
+        try:
+            pipeline(**parameters)
+        finally:
+            root_logger.removeHandler(handler)
+            root_logger.setLevel(saved_level)
+            sys.stdout = saved
+            tee.flush()
+    seconds = time.time() - start
+    new = sorted(p for p in root.iterdir()
+                 if p.is_dir() and p.name not in before and p.name.startswith(pipeline_name + "-"))
+    run_dir = new[-1] if new else None
+    summary = summarise(tee, run_dir, root)
+    summary.update({"pipeline": pipeline_name, "parameters": parameters, "seconds": round(seconds, 3)})
+    if run_dir is None:  # every task came from the cache: give the run a folder of its own
+        run_dir = root / f"{pipeline_name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}-cached"
+        run_dir.mkdir()
+        summary["run_dir"] = str(run_dir)
+    final_log = run_dir / "run.log"
+    log_path.replace(final_log)
+    summary["log_path"] = str(final_log)
+    summary["summary_path"] = str(run_dir / "summary.json")
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary

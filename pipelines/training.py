@@ -1,0 +1,37 @@
+"""training: dataset -> train -> export-onnx."""
+
+from kfp import dsl
+
+from components.dataset import make_dataset
+from components.export_onnx import export_onnx
+from components.train import train
+from pipelines.targets import Target
+
+
+def build(target: Target):
+    @dsl.pipeline(name="training", description="Train a PyTorch model and export it to ONNX.")
+    def training(
+        source: str = "digits",
+        label_column: str = "label",
+        image_size: int = 0,
+        seed: int = 0,
+        architecture: str = "cnn",
+        model_args: dict = {"channels": [16, 32]},
+        epochs: int = 20,
+        batch_size: int = 64,
+        learning_rate: float = 2e-3,
+        optimizer: str = "adamw",
+        weight_decay: float = 1e-4,
+        patience: int = 5,
+        device: str = "auto",
+    ):
+        data_task = target.apply(make_dataset(source=source, label_column=label_column,
+                                              image_size=image_size, seed=seed))
+        train_task = target.apply(train(
+            dataset=data_task.outputs["dataset"], architecture=architecture, model_args=model_args,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
+            weight_decay=weight_decay, seed=seed, patience=patience, device=device))
+        target.apply(export_onnx(model=train_task.outputs["model"],
+                                 dataset=data_task.outputs["dataset"]))
+
+    return training

@@ -1,0 +1,60 @@
+"""The training pipeline, for real, through kfp.local.SubprocessRunner."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from modelpress import data, runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "pipelines" / "run_local.py"), *args,
+                           "--pipeline-root", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+
+def test_training_pipeline_runs_locally_and_caches(tmp_path):
+    proc = _run(tmp_path, "training", "--set", "epochs=4", "--set", "model_args={channels: [8, 16]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary_path = next((tmp_path / "runs").glob("training-*/summary.json"))
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "SUCCESS"
+    assert [t["task"] for t in summary["tasks"]] == ["make-dataset", "train", "export-onnx"]
+    assert all(t["status"] == "SUCCESS" and t["seconds"] > 0 for t in summary["tasks"])
+    train, export = summary["tasks"][1], summary["tasks"][2]
+    assert train["metrics"]["epochs_run"] == 4 and "test_accuracy" in train["metrics"]
+    onnx_dir = export["artifacts"]["onnx_model"]
+    ds = data.load_dataset(summary["tasks"][0]["artifacts"]["dataset"])
+    logits = runtime.run_logits(runtime.session(onnx_dir), ds.test.x)
+    assert float((logits.argmax(1) == ds.test.y).mean()) == export["metrics"]["test_accuracy"]
+    assert "pipeline training: SUCCESS" in proc.stdout and str(summary_path) in proc.stdout
+    assert (summary_path.parent / "run.log").exists()
+
+    again = _run(tmp_path, "training", "--set", "epochs=4", "--set", "model_args={channels: [8, 16]}")
+    assert again.returncode == 0
+    second = json.loads(sorted((tmp_path / "runs").glob("training-*/summary.json"))[-1].read_text())
+    assert [t["status"] for t in second["tasks"]] == ["CACHED"] * 3
+    assert second["tasks"][2]["artifacts"]["onnx_model"] == onnx_dir
+
+
+def test_bad_config_value_fails_before_running(tmp_path):
+    proc = _run(tmp_path, "training", "--set", "epocs=3")
+    assert proc.returncode == 2
+    assert "did you mean 'epochs'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run(tmp_path, "training", "--set", "learning_rate=-1")
+    assert proc.returncode == 2 and "learning_rate must be" in proc.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("training-*"))
+
+
+def test_failing_task_is_reported_with_its_error(tmp_path):
+    proc = _run(tmp_path, "training", "--set", f"source={tmp_path / 'missing.csv'}")
+    assert proc.returncode == 1
+    assert "make-dataset: FAILURE" in proc.stdout
+    assert "dataset source not found" in proc.stdout
+    summary = json.loads(next((tmp_path / "runs").glob("training-*/summary.json")).read_text())
+    assert summary["status"] == "FAILURE"
