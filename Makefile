@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all compile lint-dockerfiles clean
+.PHONY: help install demo test test-all compile clean bench-compression
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install modelpress with pinned dependencies
 
-demo: $(STAMP) ## Run the default pipeline locally on the built-in digits dataset
-	$(PY) pipelines/run_local.py training --config configs/local.yaml
+demo: $(STAMP) ## Run the optimise pipeline locally on the built-in digits dataset
+	$(PY) pipelines/run_local.py optimise --config configs/local.yaml
 
 test: $(STAMP) ## Run the test suite (slow tests excluded; see test-all)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -36,3 +36,6 @@ compile: $(STAMP) ## Compile every pipeline for every target into build/pipeline
 
 clean: ## Remove build outputs and local runs (keeps .venv)
 	rm -rf build local_outputs .pytest_cache
+
+bench-compression: $(STAMP) ## Measure every compression variant of the reference model (~15 min)
+	$(PY) benchmarks/compression.py --config configs/compression.yaml

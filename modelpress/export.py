@@ -16,6 +16,7 @@ from . import flops as flops_mod
 from . import models, runtime
 from .data import load_dataset
 from .errors import ModelpressError
+from .kfp_io import timed
 from .fileio import atomic_dir, local_path, write_json_atomic
 from .training import score_logits
 
@@ -46,6 +47,7 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, path: str, opset
         quiet.setLevel(level)
 
 
+@timed
 def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = OPSET,
                 rtol: float = 1e-3, atol: float = 1e-4, verify_samples: int = 256,
                 log: Callable[[str], None] = print) -> dict:

@@ -17,10 +17,12 @@ from . import flops as flops_mod
 from . import models
 from .data import Dataset, load_dataset
 from .errors import ModelpressError
+from .kfp_io import timed
 
 OPTIMISERS = ("adamw", "adam", "sgd")
-# loss(logits, x, y) -> scalar; lets distillation add its teacher term.
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss(logits, y, aux) -> scalar, where aux is the batch's rows of `fit(aux=...)` (or None);
+# distillation passes the teacher's logits there.
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass
@@ -64,12 +66,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator=None):
-    n = len(x)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for i in range(0, n, batch_size):
+def _batches(x, y, aux, batch_size: int, generator):
+    order = torch.randperm(len(x), generator=generator)
+    for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        yield x[idx], y[idx]
+        yield x[idx], y[idx], (aux[idx] if aux is not None else None)
 
 
 @torch.no_grad()
@@ -104,7 +105,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int,
 
 
 def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: LossFn | None = None,
-        log: Callable[[str], None] = print, label: str = "train") -> dict:
+        aux: np.ndarray | None = None, log: Callable[[str], None] = print,
+        label: str = "train") -> dict:
     """Train in place with early stopping on validation loss; keep the best weights."""
     settings.validate()
     device = resolve_device(settings.device)
@@ -124,7 +126,8 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
                                                 total_steps=settings.epochs * steps_per_epoch)
     xtr = torch.from_numpy(ds.train.x)
     ytr = torch.from_numpy(ds.train.y)
-    loss_fn = loss_fn or (lambda logits, x, y: F.cross_entropy(logits, y))
+    auxt = torch.from_numpy(aux) if aux is not None else None
+    loss_fn = loss_fn or (lambda logits, y, _aux: F.cross_entropy(logits, y))
     num_classes = len(ds.class_names)
     best_state, best_val, best_epoch, stale = None, math.inf, 0, 0
     history = []
@@ -134,10 +137,11 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
         model.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0
-        for xb, yb in _batches(xtr, ytr, settings.batch_size, gen):
+        for xb, yb, ab in _batches(xtr, ytr, auxt, settings.batch_size, gen):
             xb, yb = xb.to(device), yb.to(device)
+            ab = ab.to(device) if ab is not None else None
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), xb, yb)
+            loss = loss_fn(model(xb), yb, ab)
             if not torch.isfinite(loss):
                 raise ModelpressError(f"training loss became {loss.item()} at epoch {epoch}; "
                                       "lower learning_rate")
@@ -173,6 +177,7 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
             "device": str(device)}
 
 
+@timed
 def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
           model_args: dict | None = None, settings: TrainSettings | None = None,
           log: Callable[[str], None] = print) -> dict:
@@ -193,7 +198,8 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
                 "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
                 "precision": "fp32", "input_shape": list(ds.feature_shape),
                 "class_names": ds.class_names}
-    models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings)})
+    models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings),
+                                                   "class_names": ds.class_names})
     metrics = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "final_train_loss": fitted["final_train_loss"], "best_val_loss": fitted["best_val_loss"],

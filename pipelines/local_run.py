@@ -148,14 +148,33 @@ def summarise(tee: LogTee, run_dir: Path | None, pipeline_root: Path) -> dict:
                                     if isinstance(v, (int, float))})
             else:
                 params[name] = value
+        work = metrics.get("work_seconds")
+        overhead = round(rec.seconds - work, 3) if work is not None and not rec.cached else None
         tasks.append({"task": rec.name, "path": where, "status": rec.status, "cached": rec.cached,
-                      "seconds": rec.seconds, "parameters": params, "metrics": metrics,
+                      "seconds": rec.seconds, "work_seconds": work, "overhead_seconds": overhead,
+                      "parameters": params, "metrics": metrics,
                       "artifacts": artifacts,
                       "artifact_metadata": {k: v["metadata"] for k, v in outputs.items()
                                             if isinstance(v, dict) and "metadata" in v}})
-    return {"status": tee.pipeline_status or ("FAILURE" if any(t["status"] == "FAILURE" for t in tasks)
+    summary = {"status": tee.pipeline_status or ("FAILURE" if any(t["status"] == "FAILURE" for t in tasks)
                                               else "UNKNOWN"),
             "run_dir": str(run_dir) if run_dir else None, "tasks": tasks}
+    summary["result"] = _highlights(tasks)
+    return summary
+
+
+def _highlights(tasks: list[dict]) -> dict:
+    """What the optimise pipeline decided, lifted out of its select and deploy tasks."""
+    sel = next((t for t in tasks if t["task"] == "select"), None)
+    if sel is None:
+        return {}
+    out = {"selected_variant": sel["parameters"].get("variant"), "blessed": sel["parameters"].get("blessed"),
+           "reason": sel["parameters"].get("reason"),
+           "ratios": {k: v for k, v in sel["metrics"].items() if k.startswith(("speedup", "size_ratio", "accuracy"))},
+           "report": sel["artifacts"].get("report"), "table": sel["artifacts"].get("table")}
+    dep = next((t for t in tasks if t["task"].startswith("deploy")), None)
+    out["deployed_version"] = dep["parameters"].get("Output") if dep and dep["status"] == "SUCCESS" else None
+    return out
 
 
 def _fmt(value) -> str:
@@ -166,11 +185,25 @@ def _fmt(value) -> str:
 
 def format_summary(summary: dict) -> str:
     lines = [f"pipeline {summary['pipeline']}: {summary['status']} in {summary['seconds']:.1f}s",
-             f"  {'task':<28} {'status':<8} {'seconds':>8}  key metrics"]
+             f"  {'task':<28} {'status':<8} {'seconds':>8} {'overhead':>8}  key metrics"]
     for t in summary["tasks"]:
         keys = [k for k in KEY_METRICS if k in t["metrics"]][:4]
         shown = ", ".join(f"{k}={_fmt(t['metrics'][k])}" for k in keys)
-        lines.append(f"  {t['task']:<28} {t['status']:<8} {t['seconds']:>8.1f}  {shown}")
+        over = f"{t['overhead_seconds']:.1f}" if t.get("overhead_seconds") is not None else "-"
+        lines.append(f"  {t['task']:<28} {t['status']:<8} {t['seconds']:>8.1f} {over:>8}  {shown}")
+    res = summary.get("result") or {}
+    if res:
+        lines.append(f"selected: {res['selected_variant'] or 'nothing'}"
+                     + (f" ({res['reason']})" if res.get("reason") else ""))
+        r = res.get("ratios", {})
+        for label, key in (("torch eager fp32", "torch"), ("ONNX fp32", "onnx_fp32")):
+            if f"speedup_p50_vs_{key}" in r:
+                lines.append(f"  vs {label}: {r[f'speedup_p50_vs_{key}']:.2f}x faster (p50, batch 1), "
+                             f"{r[f'size_ratio_vs_{key}']:.3f}x the size, accuracy "
+                             f"{100 * r[f'accuracy_delta_vs_{key}']:+.2f} points")
+        lines.append(f"  report: {res.get('report')}")
+        lines.append(f"  deployed: version {res['deployed_version']}" if res.get("deployed_version")
+                     else "  deployed: nothing (not blessed)")
     lines.append("outputs:")
     for t in summary["tasks"]:
         for name, uri in t["artifacts"].items():

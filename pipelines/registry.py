@@ -1,7 +1,8 @@
 """Every pipeline modelpress ships, by name: its factory takes a Target."""
 
-from pipelines import training
+from pipelines import optimise, training
 
 PIPELINES = {
     "training": training.build,
+    "optimise": optimise.build,
 }

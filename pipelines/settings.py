@@ -20,6 +20,9 @@ TOP_LEVEL_KEYS = {
 }
 
 
+LOCAL_PATH_PARAMETERS = {"repository", "source"}
+
+
 @dataclass
 class TargetConfig:
     target: Target
@@ -29,8 +32,16 @@ class TargetConfig:
 
     def pipeline_parameters(self, name: str, overrides: dict | None = None) -> dict:
         pipeline = PIPELINES[name](self.target)
-        values = {**self.parameters.get(name, {}), **(overrides or {})}
-        return check_parameters(values, signature(pipeline), name)
+        sig = signature(pipeline)
+        values = check_parameters({**self.parameters.get(name, {}), **(overrides or {})}, sig, name)
+        if self.target.name == "local":
+            # Relative paths mean "from where you run the command"; steps get absolute ones.
+            for key in LOCAL_PATH_PARAMETERS & set(sig):
+                value = values.get(key, sig[key][1])
+                if value and not str(value).startswith("gs://") and value != "digits" \
+                        and not Path(value).is_absolute():
+                    values[key] = str(Path(value).resolve())
+        return values
 
 
 def load(target_name: str, path: str | Path | None = None) -> TargetConfig:
@@ -43,8 +54,8 @@ def load(target_name: str, path: str | Path | None = None) -> TargetConfig:
     check_keys(params, list(PIPELINES), f"{path} 'parameters'")
     target = Target(name=target_name, image=data.get("image", Target.image))
     root = data.get("pipeline_root", "local_outputs")
-    if target_name == "local" and not Path(root).is_absolute():
-        root = str(ROOT / root)
+    if target_name == "local":
+        root = str(Path(root).resolve())  # relative to where the command runs
     cfg = TargetConfig(target=target, pipeline_root=root, parameters=params, raw=data)
     for name in params:  # fail on a misspelt key before anything runs
         cfg.pipeline_parameters(name)

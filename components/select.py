@@ -1,0 +1,32 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def select(
+    results: Input[Artifact],
+    chosen: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    table: Output[Markdown],
+    tolerance: float = 0.01,
+    tolerance_mode: str = "absolute",
+    p95_budget_ms: float = 0.0,
+    size_budget_bytes: int = 0,
+    objective: str = "p50",
+    accuracy_floor: float = 0.9,
+) -> NamedTuple("Outputs", [("blessed", bool), ("variant", str), ("reason", str)]):
+    """Pick the fastest variant within the accuracy tolerance; bless it against the champion."""
+    from modelpress import kfp_io, selection
+
+    policy = selection.Policy(tolerance=tolerance, tolerance_mode=tolerance_mode, p95_budget_ms=p95_budget_ms,
+                              size_budget_bytes=size_budget_bytes, objective=objective,
+                              accuracy_floor=accuracy_floor)
+    out = selection.write_decision(results.path, policy, chosen.path, report.path, table.path)
+    kfp_io.record(out, artifact=chosen, metrics=metrics)
+    outputs = NamedTuple("Outputs", [("blessed", bool), ("variant", str), ("reason", str)])
+    return outputs(out["blessed"], out["variant"], out["reason"])

@@ -1,0 +1,193 @@
+"""Benchmark a set of model variants side by side on the same test split.
+
+Every variant is scored on the dataset artifact's test split, sized on disk, and timed at
+batch 1 (measurement windows with a stability rule, variants interleaved) and at a
+throughput batch. ONNX variants run in ONNX Runtime on the CPU; the torch eager fp32
+model is the baseline. With a CUDA GPU, torch on cuda (fp32, fp16, torch.compile with
+CUDA graphs) is measured too, and the ONNX Runtime CUDA provider when this build has it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import benchmarking, models, runtime
+from .data import load_dataset
+from .errors import ModelpressError
+from .fileio import local_path, write_json_atomic
+from .quantisation import cpu_flags
+from .training import confusion_matrix
+
+FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "avx": 16}  # fp32, two FMA units per core
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cpu_peak_flops(threads: int) -> dict | None:
+    """Theoretical fp32 peak: threads x clock x FLOPs/cycle (assumes two FMA units)."""
+    flags = set(cpu_flags())
+    per_cycle = next((v for k, v in FLOPS_PER_CYCLE.items() if k in flags), None)
+    try:
+        mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return None
+    if not per_cycle:
+        return None
+    return {"flops_per_s": threads * mhz * 1e6 * per_cycle, "mhz": mhz, "flops_per_cycle": per_cycle,
+            "assumption": "threads x max cpu MHz x FLOPs/cycle (2 FMA units, fp32)"}
+
+
+def _variant_file(v: dict) -> Path:
+    p = local_path(v["path"])
+    return p / models.WEIGHTS_FILE if v["kind"] == "torch" else runtime.onnx_file(p)
+
+
+def _gpu_runners(model, x1: np.ndarray, log) -> dict:
+    """torch on cuda: eager fp32, eager fp16, and torch.compile with CUDA graphs."""
+    import torch
+
+    runners = {}
+    dev = torch.device("cuda")
+    m32 = models.build(model["spec"]).to(dev).eval()
+    m32.load_state_dict(model["state"])
+    m16 = models.build(model["spec"]).to(dev).half().eval()
+    m16.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model["state"].items()})
+
+    def make(m, dtype):
+        def run(x):
+            with torch.inference_mode():
+                out = m(torch.from_numpy(x).to(dev, dtype))
+                torch.cuda.synchronize()
+                return out
+        return run
+    runners["torch cuda fp32"] = make(m32, torch.float32)
+    runners["torch cuda fp16"] = make(m16, torch.float16)
+    try:
+        t0 = time.perf_counter()
+        compiled = torch.compile(m32, mode="reduce-overhead")
+        run = make(compiled, torch.float32)
+        for _ in range(3):
+            run(x1)
+        log(f"[benchmark] torch.compile (reduce-overhead) took {time.perf_counter() - t0:.1f}s")
+        runners["torch cuda compiled fp32"] = run
+    except Exception as exc:  # compile support varies by platform; report, don't fail
+        log(f"[benchmark] torch.compile unavailable: {type(exc).__name__}: {exc}")
+    return runners
+
+
+def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads: int = 2,
+              throughput_batch: int = 64, window_seconds: float = 0.5, max_windows: int = 10,
+              log: Callable[[str], None] = print) -> dict:
+    """Measure `variants` ({name, path, kind: torch|onnx, role}) and write every figure to JSON."""
+    import onnxruntime as ort
+    import torch
+
+    if not variants:
+        raise ModelpressError("nothing to benchmark: the variant list is empty")
+    names = [v["name"] for v in variants]
+    if len(set(names)) != len(names):
+        raise ModelpressError(f"variant names must be unique, got {names}")
+    t_start = time.perf_counter()
+    ds = load_dataset(dataset_dir)
+    n_classes = len(ds.class_names)
+    torch.set_num_threads(threads)
+    rows, runners, gpu_source = [], {}, None
+    for v in variants:
+        file = _variant_file(v)
+        row = {"name": v["name"], "role": v.get("role", "candidate"), "kind": v["kind"],
+               "path": str(local_path(v["path"])), "file": str(file), "sha256": sha256(file),
+               **benchmarking.file_sizes(file), "runtime": None, "note": None}
+        meta = dict(v.get("metadata") or {})
+        if v["kind"] == "torch":
+            model, spec = models.load_model(str(v["path"]))
+            runner = benchmarking.torch_runner(model, threads)
+            with torch.inference_mode():
+                logits = np.concatenate([model(torch.from_numpy(ds.test.x[i:i + 256])).numpy()
+                                         for i in range(0, len(ds.test.x), 256)])
+            from .flops import forward_flops
+            row.update(params=models.count_params(model), macs=forward_flops(model, ds.feature_shape) // 2,
+                       precision="fp32", runtime=f"torch {torch.__version__} eager CPU")
+            if v.get("role") == "baseline":
+                gpu_source = {"spec": spec, "state": model.state_dict()}
+        else:
+            onnx_meta = {**runtime.read_meta(v["path"]), **meta}
+            row.update(params=onnx_meta.get("params"), macs=onnx_meta.get("macs"),
+                       precision=onnx_meta.get("precision", "fp32"),
+                       runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider")
+            try:
+                sess = runtime.session(v["path"], threads=threads)
+                logits = runtime.run_logits(sess, ds.test.x)
+                runner = benchmarking.onnx_runner(v["path"], threads)
+            except ModelpressError as exc:
+                row["note"] = f"not runnable with this ONNX Runtime on the CPU: {str(exc)[:200]}"
+                rows.append({**row, "accuracy": None, "latency_ms": None, "throughput_per_s": None})
+                log(f"[benchmark] {v['name']}: {row['note']}")
+                continue
+        pred = logits.argmax(1)
+        row["accuracy"] = float((pred == ds.test.y).mean())
+        row["confusion_matrix"] = confusion_matrix(ds.test.y, pred, n_classes)
+        runners[v["name"]] = runner
+        rows.append(row)
+    log(f"[benchmark] {len(runners)} variants on the CPU with {threads} thread(s): batch-1 latency in "
+        f"{window_seconds}s windows (stable: last 3 within 10%, at most {max_windows})")
+    x1 = np.ascontiguousarray(ds.test.x[:1])
+    lat = benchmarking.measure_windows(runners, x1, window_seconds=window_seconds,
+                                       max_windows=max_windows, log=log)
+    xb = np.ascontiguousarray(np.resize(ds.test.x, (throughput_batch, *ds.test.x.shape[1:])))
+    thr = benchmarking.measure_throughput(runners, xb, rounds=3, iters=3)
+    peak = cpu_peak_flops(threads)
+    for row in rows:
+        if row["name"] not in lat:
+            continue
+        stats = {k: v for k, v in lat[row["name"]].items() if k != "window_p50_ms"}
+        row["latency_ms"] = stats
+        row["window_p50_ms"] = lat[row["name"]]["window_p50_ms"]
+        row["throughput_per_s"] = thr[row["name"]]
+        row["throughput_batch"] = throughput_batch
+        if row.get("macs"):
+            achieved = 2 * row["macs"] * row["throughput_per_s"]
+            row["achieved_flops_per_s"] = achieved
+            row["peak_share"] = achieved / peak["flops_per_s"] if peak else None
+    gpu = []
+    if torch.cuda.is_available() and gpu_source is not None:
+        log(f"[benchmark] CUDA GPU: {torch.cuda.get_device_name(0)}")
+        g_runners = _gpu_runners(gpu_source, x1, log)
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            fp32 = next((v for v in variants if v["kind"] == "onnx" and v.get("role") == "baseline-onnx"), None)
+            if fp32:
+                s = runtime.session(fp32["path"], providers=["CUDAExecutionProvider"])
+                name = s.get_inputs()[0].name
+                g_runners["onnxruntime cuda fp32"] = lambda x: s.run(None, {name: x})
+        else:
+            log("[benchmark] this ONNX Runtime has no CUDAExecutionProvider: its CUDA path is not measured")
+        g_lat = benchmarking.measure_windows(g_runners, x1, window_seconds=window_seconds,
+                                             max_windows=max_windows, log=log)
+        g_thr = benchmarking.measure_throughput(g_runners, xb, rounds=3, iters=3)
+        gpu = [{"name": k, "latency_ms": {a: b for a, b in g_lat[k].items() if a != "window_p50_ms"},
+                "throughput_per_s": g_thr[k]} for k in g_runners]
+    seconds = time.perf_counter() - t_start
+    result = {"variants": rows, "gpu": gpu, "machine": {**benchmarking.machine(threads), "cpu_peak": peak},
+              "dataset": {"source": ds.schema["source"], "test_examples": int(len(ds.test.y)),
+                          "class_names": ds.class_names},
+              "settings": {"threads": threads, "throughput_batch": throughput_batch,
+                           "window_seconds": window_seconds, "max_windows": max_windows},
+              "work_seconds": seconds}
+    write_json_atomic(out_json, result)
+    for row in rows:
+        if row.get("latency_ms"):
+            log(f"[benchmark] {row['name']:<34} acc {row['accuracy']:.4f}  p50 {row['latency_ms']['p50']:.4f} ms  "
+                f"p99 {row['latency_ms']['p99']:.4f} ms  {row['size_bytes'] / 1e3:,.0f} kB  "
+                f"{'stable' if row['latency_ms']['stable'] else 'NOT stable'}")
+    return result

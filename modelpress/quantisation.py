@@ -1,0 +1,182 @@
+"""ONNX Runtime post-training quantisation of an ONNX model artifact.
+
+- static-int8: QDQ format, calibrated on training-split samples, per-channel weights,
+  after quant_pre_process (shape inference, graph optimisation). On x86 without VNNI the
+  U8S8 path can saturate, so reduce_range is on unless the CPU has VNNI/AMX.
+- dynamic-int8: weights quantised ahead of time, activations at run time (suits
+  MatMul-heavy models; a slowdown for convolutions, and measured as such).
+- fp16: float16 weights and compute with float32 inputs/outputs kept; meant for GPUs
+  (the CPU execution provider has few fp16 kernels).
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import runtime
+from .data import load_dataset
+from .errors import ModelpressError
+from .kfp_io import timed
+from .fileio import atomic_dir, local_path, write_json_atomic
+from .training import score_logits
+
+METHODS = ("static-int8", "dynamic-int8", "fp16")
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def has_vnni(flags: list[str] | None = None) -> bool:
+    flags = set(cpu_flags() if flags is None else flags)
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+
+
+def _reader(x: np.ndarray, input_name: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(x)
+
+        def get_next(self):
+            row = next(self._it, None)
+            return None if row is None else {input_name: row[None].astype(np.float32)}
+
+        def rewind(self):
+            self._it = iter(x)
+
+    return Reader()
+
+
+@timed
+def quantise(onnx_dir: str, dataset_dir: str, out_dir: str, *, method: str = "static-int8",
+             calibration_samples: int = 256, calibration_method: str = "MinMax",
+             per_channel: bool = True, reduce_range: bool | None = None, seed: int = 0,
+             log: Callable[[str], None] = print) -> dict:
+    """Quantise `onnx_dir` into `out_dir` (model.onnx + meta.json); score it where it runs."""
+    import onnx
+    import onnxruntime as ort
+
+    if method not in METHODS:
+        raise ModelpressError(f"unknown quantisation method {method!r}; choose one of {list(METHODS)}")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ModelpressError(f"unknown calibration method {calibration_method!r}; choose one of "
+                              f"{list(CALIBRATION_METHODS)}")
+    source = runtime.onnx_file(onnx_dir)
+    runtime.load_onnx(source)  # clear error for non-ONNX or truncated input
+    meta_in = runtime.read_meta(onnx_dir)
+    ds = load_dataset(dataset_dir)
+    flags = cpu_flags()
+    if reduce_range is None:
+        reduce_range = not has_vnni(flags)
+    settings = {"method": method}
+    t0 = time.perf_counter()
+    with atomic_dir(local_path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
+        out = tmp / runtime.ONNX_FILE
+        if method in ("static-int8", "dynamic-int8"):
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            # Re-infers shapes and folds constants; the exporter's value_info can otherwise
+            # disagree with ONNX shape inference inside the quantiser.
+            pre = Path(work) / "pre.onnx"
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=False)
+        if method == "static-int8":
+            if calibration_samples < 1 or len(ds.train.x) == 0:
+                raise ModelpressError(f"static int8 needs calibration samples: calibration_samples is "
+                                      f"{calibration_samples} and the training split has {len(ds.train.x)} "
+                                      "rows; use at least 1 (100-500 is typical)")
+            from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                                  quantize_static)
+
+            rng = np.random.default_rng(seed)
+            take = rng.choice(len(ds.train.x), size=min(calibration_samples, len(ds.train.x)), replace=False)
+            input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+            quantize_static(str(pre), str(out), _reader(ds.train.x[np.sort(take)], input_name),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, calibration_method),
+                            calibration_cache_path=str(Path(work) / "calibration"))
+            settings.update(calibration_samples=int(len(take)), calibration_method=calibration_method,
+                            per_channel=per_channel, reduce_range=reduce_range, format="QDQ",
+                            activation_type="uint8", weight_type="int8")
+        elif method == "dynamic-int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
+                             per_channel=per_channel, reduce_range=reduce_range)
+            settings.update(per_channel=per_channel, reduce_range=reduce_range, weight_type="int8")
+        else:
+            from onnxconverter_common import float16
+
+            model16 = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+            onnx.save(model16, str(out))
+            settings.update(keep_io_types=True)
+        for leftover in tmp.glob("*.data"):
+            leftover.unlink()
+        try:
+            logits = runtime.run_logits(runtime.session(out), ds.test.x)
+            accuracy = score_logits(logits, ds.test.y, len(ds.class_names))["accuracy"]
+            note = "scored with ONNX Runtime CPUExecutionProvider"
+        except ModelpressError as exc:
+            accuracy = None
+            note = f"not scored: this ONNX Runtime cannot run it on the CPU ({str(exc)[:200]})"
+        size = out.stat().st_size
+        meta = {**{k: v for k, v in meta_in.items() if k not in ("size_bytes", "accuracy", "max_abs_diff",
+                                                                   "max_rel_diff")},
+                "framework": "onnx", "format": "onnx",
+                "precision": {"static-int8": "int8", "dynamic-int8": "int8-dynamic", "fp16": "fp16"}[method],
+                "quantisation": settings, "size_bytes": size, "source_size_bytes": source.stat().st_size,
+                "accuracy": accuracy, "accuracy_note": note, "cpu_model": cpu_model(),
+                "cpu_flags": [f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))],
+                "onnxruntime": ort.__version__}
+        write_json_atomic(tmp / runtime.META_FILE, meta)
+    seconds = time.perf_counter() - t0
+    shown = f"{accuracy:.4f}" if accuracy is not None else "n/a (" + note + ")"
+    log(f"[quantise] {method}: {meta['source_size_bytes'] / 1e6:.2f} MB -> {size / 1e6:.2f} MB, "
+        f"test accuracy {shown}, settings {settings}, {seconds:.1f}s")
+    metrics = {"size_bytes": size, "size_ratio": size / meta["source_size_bytes"], "wall_seconds": seconds}
+    if accuracy is not None:
+        metrics["test_accuracy"] = accuracy
+    if meta_in.get("accuracy") is not None and accuracy is not None:
+        metrics["accuracy_delta"] = accuracy - meta_in["accuracy"]
+    return {"metadata": {k: v for k, v in meta.items() if k not in ("source_spec", "versions")},
+            "metrics": metrics}
+
+
+def parse_reduce_range(value: str | bool | None) -> bool | None:
+    """"auto" -> None (decide from the CPU flags); "true"/"false" -> bool."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", ""):
+        return None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ModelpressError(f"reduce_range must be 'auto', 'true' or 'false', got {value!r}")

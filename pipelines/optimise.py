@@ -1,0 +1,92 @@
+"""optimise: train, compress, measure every variant, pick the fastest within tolerance, gate, deploy.
+
+dataset -> train -> {structured prune, distil} -> export-onnx (x3)
+        -> ParallelFor(quantisation methods): quantise each fp32 ONNX model
+        -> benchmark (with the deployed champion) -> select -> If(blessed) -> deploy
+"""
+
+from kfp import dsl
+
+from components.benchmark import benchmark
+from components.dataset import make_dataset
+from components.deploy_local import deploy_local
+from components.distil import distil
+from components.export_onnx import export_onnx
+from components.prune import prune
+from components.quantise import quantise
+from components.select import select
+from components.train import train
+from pipelines.targets import Target
+
+
+def build(target: Target):
+    @dsl.pipeline(name="optimise", description="Train, compress, benchmark, select and deploy the "
+                                                "fastest model within the accuracy tolerance.")
+    def optimise(
+        source: str = "digits",
+        label_column: str = "label",
+        image_size: int = 0,
+        seed: int = 0,
+        architecture: str = "cnn",
+        model_args: dict = {"channels": [32, 64]},
+        epochs: int = 20,
+        batch_size: int = 64,
+        learning_rate: float = 2e-3,
+        prune_amount: float = 0.5,
+        prune_finetune_epochs: int = 10,
+        student_architecture: str = "cnn",
+        student_args: dict = {"channels": [16, 32]},
+        distil_epochs: int = 20,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        quantisation_methods: list = ["static-int8", "dynamic-int8"],
+        calibration_samples: int = 256,
+        threads: int = 2,
+        window_seconds: float = 0.5,
+        max_windows: int = 10,
+        tolerance: float = 0.01,
+        tolerance_mode: str = "absolute",
+        p95_budget_ms: float = 0.0,
+        size_budget_bytes: int = 0,
+        objective: str = "p50",
+        accuracy_floor: float = 0.9,
+        repository: str = "model_repository",
+        model_name: str = "digits",
+    ):
+        t = target.apply
+        data_task = t(make_dataset(source=source, label_column=label_column, image_size=image_size, seed=seed))
+        ds = data_task.outputs["dataset"]
+        train_task = t(train(dataset=ds, architecture=architecture, model_args=model_args, epochs=epochs,
+                             batch_size=batch_size, learning_rate=learning_rate, seed=seed))
+        prune_task = t(prune(model=train_task.outputs["model"], dataset=ds, method="structured",
+                             amount=prune_amount, finetune_epochs=prune_finetune_epochs, seed=seed))
+        distil_task = t(distil(teacher=train_task.outputs["model"], dataset=ds,
+                               student_architecture=student_architecture, student_args=student_args,
+                               temperature=temperature, alpha=alpha, epochs=distil_epochs, seed=seed))
+        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds)).set_display_name("export-baseline")
+        export_pruned = t(export_onnx(model=prune_task.outputs["pruned"], dataset=ds)).set_display_name("export-pruned")
+        export_student = t(export_onnx(model=distil_task.outputs["student"], dataset=ds)).set_display_name("export-student")
+        with dsl.ParallelFor(quantisation_methods, name="quantise-methods") as method:
+            q_base = t(quantise(onnx_model=export_base.outputs["onnx_model"], dataset=ds, method=method,
+                                calibration_samples=calibration_samples))
+            q_pruned = t(quantise(onnx_model=export_pruned.outputs["onnx_model"], dataset=ds, method=method,
+                                  calibration_samples=calibration_samples))
+            q_student = t(quantise(onnx_model=export_student.outputs["onnx_model"], dataset=ds, method=method,
+                                   calibration_samples=calibration_samples))
+        # Timings must not be cached: they describe this machine now, and the champion may have changed.
+        bench = t(benchmark(
+            dataset=ds, torch_model=train_task.outputs["model"], onnx_model=export_base.outputs["onnx_model"],
+            pruned_onnx=export_pruned.outputs["onnx_model"], student_onnx=export_student.outputs["onnx_model"],
+            quantised=dsl.Collected(q_base.outputs["quantised"]),
+            quantised_pruned=dsl.Collected(q_pruned.outputs["quantised"]),
+            quantised_student=dsl.Collected(q_student.outputs["quantised"]),
+            repository=repository, model_name=model_name, threads=threads, window_seconds=window_seconds,
+            max_windows=max_windows), cache=False)
+        sel = t(select(results=bench.outputs["results"], tolerance=tolerance, tolerance_mode=tolerance_mode,
+                       p95_budget_ms=p95_budget_ms, size_budget_bytes=size_budget_bytes, objective=objective,
+                       accuracy_floor=accuracy_floor), cache=False)
+        with dsl.If(sel.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition)
+            t(deploy_local(model=sel.outputs["chosen"], repository=repository, model_name=model_name),
+              cache=False)
+
+    return optimise

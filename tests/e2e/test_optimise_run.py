@@ -1,0 +1,59 @@
+"""The optimise pipeline through kfp.local: it deploys a blessed model, then refuses a worse one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from modelpress import repository
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--set", "epochs=4", "--set", "model_args={channels: [8, 16]}", "--set", "prune_finetune_epochs=2",
+         "--set", "student_args={channels: [4, 8]}", "--set", "distil_epochs=3",
+         "--set", "quantisation_methods=[static-int8]", "--set", "calibration_samples=64",
+         "--set", "window_seconds=0.05", "--set", "max_windows=4", "--set", "tolerance=0.03",
+         "--set", "accuracy_floor=0.5"]
+
+
+def _run(tmp_path, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "run_local.py"), "optimise", *SMALL, *args,
+                           "--set", f"repository={tmp_path / 'repo'}", "--pipeline-root", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    summaries = sorted((tmp_path / "runs").glob("optimise-*/summary.json"))
+    return proc, json.loads(summaries[-1].read_text()) if summaries else None
+
+
+def test_optimise_deploys_then_gates_a_worse_challenger(tmp_path):
+    proc, summary = _run(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    tasks = {t["task"]: t for t in summary["tasks"]}
+    assert {"train", "prune", "distil", "benchmark", "select", "deploy-local"} <= set(tasks)
+    assert sum(1 for t in summary["tasks"] if t["task"].startswith("quantise")) == 3
+    result = summary["result"]
+    assert result["blessed"] is True and result["deployed_version"] == 1
+    assert result["selected_variant"] and result["ratios"]["speedup_p50_vs_torch"] > 1
+    assert repository.versions(tmp_path / "repo", "digits") == [1]
+    assert repository.read_config(tmp_path / "repo", "digits").max_batch_size == 64
+    bench = json.loads(Path(tasks["benchmark"]["artifacts"]["results"]).read_text())
+    names = {r["name"] for r in bench["variants"]}
+    assert {"torch eager fp32", "onnx fp32", "pruned fp32", "student fp32", "static-int8",
+            "pruned static-int8", "student static-int8"} <= names
+    assert all(r["latency_ms"]["n"] > 0 for r in bench["variants"])
+    report = Path(result["report"]).read_text()
+    assert "data:image/png;base64," in report and "★" in report
+    assert tasks["benchmark"]["overhead_seconds"] is not None
+    assert "selected:" in proc.stdout and "deployed: version 1" in proc.stdout
+
+    # A crippled challenger (one epoch at a tiny learning rate) is scored against champion v1
+    # on the same test split and is not deployed.
+    proc, summary = _run(tmp_path, "--set", "epochs=1", "--set", "learning_rate=0.00001", "--set", "distil_epochs=1",
+                         "--set", "prune_finetune_epochs=1", "--set", "accuracy_floor=0.8")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    result = summary["result"]
+    assert result["blessed"] is False and result["deployed_version"] is None
+    assert "below the floor" in result["reason"] or "regresses" in result["reason"]
+    bench_task = next(t for t in summary["tasks"] if t["task"] == "benchmark")
+    bench = json.loads(Path(bench_task["artifacts"]["results"]).read_text())
+    assert any(r["role"] == "champion" and r["name"] == "champion v1" for r in bench["variants"])
+    assert repository.versions(tmp_path / "repo", "digits") == [1]
+    assert "deployed: nothing (not blessed)" in proc.stdout
