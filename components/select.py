@@ -1,5 +1,3 @@
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
 
@@ -19,8 +17,12 @@ def select(
     size_budget_bytes: int = 0,
     objective: str = "p50",
     accuracy_floor: float = 0.9,
-) -> NamedTuple("Outputs", [("blessed", bool), ("variant", str), ("reason", str)]):
-    """Pick the fastest variant within the accuracy tolerance; bless it against the champion."""
+) -> bool:
+    """Pick the fastest variant within the accuracy tolerance; return whether it is blessed.
+
+    The choice and the reasons are on the `chosen` artifact's metadata (variant, reason).
+    A single return value keeps `dsl.If(select.output == True)` resolvable by kfp.local.
+    """
     from modelpress import kfp_io, selection
 
     policy = selection.Policy(tolerance=tolerance, tolerance_mode=tolerance_mode, p95_budget_ms=p95_budget_ms,
@@ -28,5 +30,4 @@ def select(
                               accuracy_floor=accuracy_floor)
     out = selection.write_decision(results.path, policy, chosen.path, report.path, table.path)
     kfp_io.record(out, artifact=chosen, metrics=metrics)
-    outputs = NamedTuple("Outputs", [("blessed", bool), ("variant", str), ("reason", str)])
-    return outputs(out["blessed"], out["variant"], out["reason"])
+    return out["blessed"]

@@ -112,6 +112,15 @@ def _agree(values: list[float], tolerance: float) -> bool:
     return lo > 0 and (hi - lo) / lo <= tolerance
 
 
+def is_stable(windows: list[tuple[float, float]], stable_windows: int = 3, tolerance: float = 0.10) -> bool:
+    """perf_analyzer's rule over (p50 latency, throughput) per window: the last
+    `stable_windows` windows agree within `tolerance` on both."""
+    if len(windows) < stable_windows:
+        return False
+    last = windows[-stable_windows:]
+    return _agree([p for p, _ in last], tolerance) and _agree([t for _, t in last], tolerance)
+
+
 def measure_windows(runners: dict[str, Runner], x: np.ndarray, *, window_seconds: float = 0.5,
                     max_windows: int = 10, stable_windows: int = 3, tolerance: float = 0.10,
                     warmup: int = 10, log: Callable[[str], None] | None = print) -> dict:
@@ -141,9 +150,7 @@ def measure_windows(runners: dict[str, Runner], x: np.ndarray, *, window_seconds
             elapsed = time.perf_counter() - start
             windows[name].append(samples)
             summary[name].append((float(np.median(samples)), len(samples) / elapsed))
-        stable = {k: len(v) >= stable_windows
-                  and _agree([p for p, _ in v[-stable_windows:]], tolerance)
-                  and _agree([t for _, t in v[-stable_windows:]], tolerance) for k, v in summary.items()}
+        stable = {k: is_stable(v, stable_windows, tolerance) for k, v in summary.items()}
         if log:
             log(f"[bench] window {w + 1}/{max_windows}: {sum(stable.values())}/{len(stable)} variants stable")
         if all(stable.values()):

@@ -120,11 +120,13 @@ class MobileNetV2(nn.Module):
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def __init__(self, input_shape, num_classes, width_mult=1.0, last_channel=1280, dropout=0.2):
+    def __init__(self, input_shape, num_classes, width_mult=1.0, last_channel=1280, dropout=0.2,
+                 stem_stride=None):
         super().__init__()
         cin = _make_divisible(32 * width_mult)
         # Small inputs (digits, CIFAR-sized) keep resolution in the stem: stride 1 below 64 px.
-        stem_stride = 1 if input_shape[-1] < 64 else 2
+        if stem_stride is None:
+            stem_stride = 1 if input_shape[-1] < 64 else 2
         layers: list[nn.Module] = [_conv_bn(input_shape[0], cin, stride=stem_stride)]
         for t, c, n, s in self.SETTINGS:
             cout = _make_divisible(c * width_mult)
@@ -153,11 +155,13 @@ class MobileNetV2(nn.Module):
 
 
 @register("mobilenet_v2")
-def _mobilenet_v2(input_shape, num_classes, width_mult=1.0, last_channel=1280, dropout=0.2):
+def _mobilenet_v2(input_shape, num_classes, width_mult=1.0, last_channel=1280, dropout=0.2, stem_stride=None):
     _require_image(input_shape, "mobilenet_v2")
     if width_mult <= 0:
         raise ModelpressError(f"mobilenet_v2 width_mult must be positive, got {width_mult}")
-    return MobileNetV2(input_shape, num_classes, width_mult, last_channel, dropout)
+    if stem_stride not in (None, 1, 2):
+        raise ModelpressError(f"mobilenet_v2 stem_stride must be 1 or 2, got {stem_stride}")
+    return MobileNetV2(input_shape, num_classes, width_mult, last_channel, dropout, stem_stride)
 
 
 def _require_image(input_shape, name):

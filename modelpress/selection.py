@@ -193,8 +193,8 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
     for k, v in out["ratios"].items():
         log(f"[select] {k} = {v:.3f}")
     metrics = dict(out["ratios"])
-    metadata = {"variant": decision["chosen"], "blessed": blessing["blessed"], "reason": blessing["reason"],
-                "champion": out["champion"]}
+    metadata = {"variant": decision["chosen"], "blessed": blessing["blessed"],
+                "reason": f"{decision['reason']}. {blessing['reason']}", "champion": out["champion"]}
     if row is not None:
         metrics.update(accuracy=row["accuracy"], p50_ms=row["latency_ms"]["p50"],
                        p95_ms=row["latency_ms"]["p95"], size_bytes=row["size_bytes"])

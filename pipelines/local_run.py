@@ -168,8 +168,9 @@ def _highlights(tasks: list[dict]) -> dict:
     sel = next((t for t in tasks if t["task"] == "select"), None)
     if sel is None:
         return {}
-    out = {"selected_variant": sel["parameters"].get("variant"), "blessed": sel["parameters"].get("blessed"),
-           "reason": sel["parameters"].get("reason"),
+    chosen = sel["artifact_metadata"].get("chosen", {})
+    out = {"selected_variant": chosen.get("variant"), "blessed": sel["parameters"].get("Output"),
+           "reason": chosen.get("reason"),
            "ratios": {k: v for k, v in sel["metrics"].items() if k.startswith(("speedup", "size_ratio", "accuracy"))},
            "report": sel["artifacts"].get("report"), "table": sel["artifacts"].get("table")}
     dep = next((t for t in tasks if t["task"].startswith("deploy")), None)

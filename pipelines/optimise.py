@@ -85,7 +85,7 @@ def build(target: Target):
         sel = t(select(results=bench.outputs["results"], tolerance=tolerance, tolerance_mode=tolerance_mode,
                        p95_budget_ms=p95_budget_ms, size_budget_bytes=size_budget_bytes, objective=objective,
                        accuracy_floor=accuracy_floor), cache=False)
-        with dsl.If(sel.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition)
+        with dsl.If(sel.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition, not Python)
             t(deploy_local(model=sel.outputs["chosen"], repository=repository, model_name=model_name),
               cache=False)
 
