@@ -61,9 +61,14 @@ def _classifier(model: nn.Module) -> nn.Module:
     return weight_layers(model)[-1][1]
 
 
+def cubic_target(sparsity: float, step: int, steps: int) -> float:
+    """Sparsity after `step` of `steps` rounds: s * (1 - (1 - step/steps)^3)."""
+    return sparsity * (1.0 - (1.0 - step / steps) ** 3)
+
+
 def prune_unstructured(model: nn.Module, ds, sparsity: float, steps: int, settings: TrainSettings,
                        log: Callable[[str], None] = print) -> list[dict]:
-    """Global L1 pruning to `sparsity` in `steps` rounds, fine-tuning after each round."""
+    """Global L1 pruning to `sparsity` in `steps` rounds (cubic schedule), fine-tuning after each."""
     if not 0.0 <= sparsity < 1.0:
         raise ModelpressError(f"sparsity must be in [0, 1), got {sparsity}: 1.0 would zero every weight")
     if steps < 1:
@@ -71,9 +76,10 @@ def prune_unstructured(model: nn.Module, ds, sparsity: float, steps: int, settin
     params = [(m, "weight") for _, m in prunable_layers(model)]
     rounds = []
     for step in range(1, steps + 1):
-        # Each round prunes the share of surviving weights that takes the total to its
-        # target: 1 - (1 - s_k) / (1 - s_{k-1}), with s_k = sparsity * k / steps.
-        target, previous = sparsity * step / steps, sparsity * (step - 1) / steps
+        # Gradual pruning's cubic schedule (Zhu & Gupta 2017): prune hard early, while many
+        # redundant weights remain, and gently at the end. Each round prunes the share of the
+        # surviving weights that takes the total to its target.
+        target, previous = cubic_target(sparsity, step, steps), cubic_target(sparsity, step - 1, steps)
         amount = 1.0 - (1.0 - target) / (1.0 - previous)
         torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=amount)
         reached = weight_sparsity(model)
