@@ -63,9 +63,9 @@ def build(target: Target):
         distil_task = t(distil(teacher=train_task.outputs["model"], dataset=ds,
                                student_architecture=student_architecture, student_args=student_args,
                                temperature=temperature, alpha=alpha, epochs=distil_epochs, seed=seed))
-        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds)).set_display_name("export-baseline")
-        export_pruned = t(export_onnx(model=prune_task.outputs["pruned"], dataset=ds)).set_display_name("export-pruned")
-        export_student = t(export_onnx(model=distil_task.outputs["student"], dataset=ds)).set_display_name("export-student")
+        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds))
+        export_pruned = t(export_onnx(model=prune_task.outputs["pruned"], dataset=ds))
+        export_student = t(export_onnx(model=distil_task.outputs["student"], dataset=ds))
         with dsl.ParallelFor(quantisation_methods, name="quantise-methods") as method:
             q_base = t(quantise(onnx_model=export_base.outputs["onnx_model"], dataset=ds, method=method,
                                 calibration_samples=calibration_samples))
