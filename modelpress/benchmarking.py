@@ -69,17 +69,23 @@ def measure_latency(runners: dict[str, Runner], x: np.ndarray, *, rounds: int = 
 
 
 def measure_throughput(runners: dict[str, Runner], x: np.ndarray, *, rounds: int = 5,
-                       iters: int = 5) -> dict:
-    """Rows per second at batch len(x): the median over interleaved rounds."""
+                       iters: int = 5, min_seconds: float = 0.2) -> dict:
+    """Rows per second at batch len(x): the median over interleaved rounds.
+
+    A round is at least `iters` calls and at least `min_seconds` long, so that sub-millisecond
+    models are timed over many calls rather than a handful.
+    """
     for run in runners.values():
         run(x)
     rates: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for name, run in runners.items():
+            calls = 0
             t0 = time.perf_counter()
-            for _ in range(iters):
+            while calls < iters or time.perf_counter() - t0 < min_seconds:
                 run(x)
-            rates[name].append(len(x) * iters / (time.perf_counter() - t0))
+                calls += 1
+            rates[name].append(len(x) * calls / (time.perf_counter() - t0))
     return {k: float(np.median(v)) for k, v in rates.items()}
 
 

@@ -31,6 +31,10 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return front
 
 
+def _int(v):
+    return int(v) if isinstance(v, float) else v  # KFP metadata turns every number into a float
+
+
 def _fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
@@ -45,7 +49,7 @@ def markdown_table(results: dict, decision: dict | None = None) -> str:
         lines.append(f"| {r['name']}{mark} | {r['role']} | {_fmt(r.get('accuracy'), '.4f')} | "
                      f"{_fmt(lat.get('p50'), '.4f')} | {_fmt(lat.get('p95'), '.4f')} | {_fmt(lat.get('p99'), '.4f')} | "
                      f"{_fmt(r.get('throughput_per_s'), ',.0f')} | {r['size_bytes'] / 1e3:,.1f} | "
-                     f"{_fmt(r.get('params'), ',')} | {_fmt((r.get('macs') or 0) / 1e6 if r.get('macs') else None, '.2f')} |")
+                     f"{_fmt(_int(r.get('params')), ',')} | {_fmt(r['macs'] / 1e6 if r.get('macs') else None, '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +115,7 @@ def render_html(results: dict, decision: dict | None = None, blessing: dict | No
                  _fmt(lat.get("p50"), ".4f"), _fmt(lat.get("p90"), ".4f"), _fmt(lat.get("p95"), ".4f"),
                  _fmt(lat.get("p99"), ".4f"), "" if not lat else ("yes" if lat.get("stable") else "no"),
                  _fmt(r.get("throughput_per_s"), ",.0f"), f"{r['size_bytes'] / 1e3:,.1f}",
-                 f"{r['gzip_bytes'] / 1e3:,.1f}", _fmt(r.get("params"), ","),
+                 f"{r['gzip_bytes'] / 1e3:,.1f}", _fmt(_int(r.get("params")), ","),
                  _fmt(r["macs"] / 1e6 if r.get("macs") else None, ".2f"),
                  _fmt(r["achieved_flops_per_s"] / 1e9 if r.get("achieved_flops_per_s") else None, ".2f"),
                  (r.get("runtime") or "") + (f" — {r['note']}" if r.get("note") else "")]
