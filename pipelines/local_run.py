@@ -51,7 +51,8 @@ class LogTee(io.TextIOBase):
         self.tasks: list[TaskRecord] = []
         self.pipeline_status: str | None = None
         self._buf = ""
-        self._current: TaskRecord | None = None
+        self._current: TaskRecord | None = None  # where unattributed output lines go
+        self._running: list[TaskRecord] = []
 
     def writable(self):
         return True
@@ -75,6 +76,7 @@ class LogTee(io.TextIOBase):
         if m := _START.search(line):
             self._current = TaskRecord(m.group(1), started=now)
             self.tasks.append(self._current)
+            self._running.append(self._current)
             self.console.write(f"▶ {m.group(1)}\n")
         elif m := _CACHE.search(line):
             rec = TaskRecord(m.group(1), status="CACHED", started=now, ended=now, cached=True,
@@ -82,13 +84,15 @@ class LogTee(io.TextIOBase):
             self.tasks.append(rec)
             self.console.write(f"▶ {m.group(1)}: cached result reused\n")
         elif m := _END.search(line):
-            rec = self._current if self._current and self._current.name == m.group(1) else None
+            # ParallelFor iterations run concurrently: match the earliest running task of that name.
+            rec = next((r for r in self._running if r.name == m.group(1)), None)
             if rec:
+                self._running.remove(rec)
                 rec.status, rec.ended = m.group(2), now
                 self.console.write(f"  {rec.name}: {rec.status} in {rec.seconds:.1f}s\n")
                 if rec.status != "SUCCESS" and not self.verbose:
                     self.console.write("".join(f"    {ln}\n" for ln in rec.lines[-25:]))
-            self._current = None
+            self._current = self._running[-1] if self._running else None
         elif m := _PIPE_END.search(line):
             self.pipeline_status = m.group(2)
         elif self._current is not None:
