@@ -11,7 +11,6 @@ of them in one process, interleaved, with ONNX Runtime on the CPU at a fixed thr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -147,7 +146,7 @@ def measure(paths: dict[str, Path], m: dict) -> tuple[list[dict], dict]:
 
 def ratios(variants: list[dict]) -> dict:
     by = {v["name"]: v for v in variants}
-    base, eager = by["ONNX fp32"], by["torch eager fp32"]
+    base = by["ONNX fp32"]
 
     def r(a, b, key, sub=None):
         va = by[a][key][sub] if sub else by[a][key]
@@ -172,7 +171,6 @@ def ratios(variants: list[dict]) -> dict:
                                                               - by["student without teacher fp32"]["accuracy"])},
         "onnx_fp32_vs_torch_eager": {"p50": r("ONNX fp32", "torch eager fp32", "latency_ms", "p50")},
     }
-    _ = eager
     return out
 
 

@@ -1,13 +1,11 @@
 """Pruning, distillation and quantisation have their effect, and refuse bad input clearly."""
 
-import math
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 from modelpress import data, distillation, export, models, pruning, quantisation, runtime, training
 from modelpress.errors import ModelpressError
