@@ -122,8 +122,8 @@ def measure(paths: dict[str, Path], m: dict) -> tuple[list[dict], dict]:
             params, macs = models.count_params(model), meta["macs"]
         else:
             file = runtime.onnx_file(path)
-            runners[name] = benchmarking.onnx_runner(path, threads)
             sess = runtime.session(path, threads=threads)
+            runners[name] = benchmarking.onnx_runner(sess)
             logits = runtime.run_logits(sess, ds.test.x)
             meta = runtime.read_meta(path)
             params, macs = meta.get("params"), meta.get("macs")

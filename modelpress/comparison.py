@@ -21,7 +21,8 @@ from .data import load_dataset
 from .errors import ModelpressError
 from .fileio import local_path, write_json_atomic
 from .quantisation import cpu_flags
-from .training import confusion_matrix
+from .flops import forward_flops
+from .training import confusion_matrix, predict_logits
 
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "avx": 16}  # fp32, two FMA units per core
 
@@ -113,10 +114,7 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
         if v["kind"] == "torch":
             model, spec = models.load_model(str(v["path"]))
             runner = benchmarking.torch_runner(model, threads)
-            with torch.inference_mode():
-                logits = np.concatenate([model(torch.from_numpy(ds.test.x[i:i + 256])).numpy()
-                                         for i in range(0, len(ds.test.x), 256)])
-            from .flops import forward_flops
+            logits = predict_logits(model, ds.test.x)
             row.update(params=models.count_params(model), macs=forward_flops(model, ds.feature_shape) // 2,
                        precision="fp32", runtime=f"torch {torch.__version__} eager CPU")
             if v.get("role") == "baseline":
@@ -129,7 +127,7 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
             try:
                 sess = runtime.session(v["path"], threads=threads)
                 logits = runtime.run_logits(sess, ds.test.x)
-                runner = benchmarking.onnx_runner(v["path"], threads)
+                runner = benchmarking.onnx_runner(sess)
             except ModelpressError as exc:
                 row["note"] = f"not runnable with this ONNX Runtime on the CPU: {str(exc)[:200]}"
                 rows.append({**row, "accuracy": None, "latency_ms": None, "throughput_per_s": None})
@@ -167,9 +165,8 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             fp32 = next((v for v in variants if v["kind"] == "onnx" and v.get("role") == "baseline-onnx"), None)
             if fp32:
-                s = runtime.session(fp32["path"], providers=["CUDAExecutionProvider"])
-                name = s.get_inputs()[0].name
-                g_runners["onnxruntime cuda fp32"] = lambda x: s.run(None, {name: x})
+                g_runners["onnxruntime cuda fp32"] = benchmarking.onnx_runner(
+                    runtime.session(fp32["path"], providers=["CUDAExecutionProvider"]))
         else:
             log("[benchmark] this ONNX Runtime has no CUDAExecutionProvider: its CUDA path is not measured")
         g_lat = benchmarking.measure_windows(g_runners, x1, window_seconds=window_seconds,
