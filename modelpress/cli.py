@@ -1,0 +1,29 @@
+"""The `modelpress` command: `modelpress serve ...` and `modelpress loadtest ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ModelpressError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    from .serving import cli as serving_cli
+
+    serving_cli.add_serve(commands)
+    serving_cli.add_loadtest(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ModelpressError as exc:
+        print(f"modelpress {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Serving: a KServe v2 (Triton-compatible) HTTP server over ONNX Runtime, and a load generator."""

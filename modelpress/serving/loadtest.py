@@ -1,0 +1,245 @@
+"""A load generator for any KServe v2 HTTP server (modelpress, Triton, others).
+
+Two modes:
+- closed loop: N concurrent clients, each sending its next request when the last one
+  answered (what perf_analyzer's concurrency mode does). It under-reports tail latency
+  when the server stalls, because stalled clients stop sending.
+- open loop: requests sent at a fixed rate whatever the server does; latency counts from
+  when each request was DUE, so a stall shows up in the tail (no coordinated omission).
+
+The request body (binary tensors by default, like tritonclient) is built once from the
+model's metadata, so the client spends its CPU on HTTP, not on encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import ModelpressError
+from .protocol import DATATYPES, binary_request, decode_infer_response, json_request
+
+
+@dataclass
+class LevelResult:
+    mode: str                  # "concurrency" | "rate"
+    level: float               # clients, or requests per second
+    batch: int
+    requests: int              # completed in the measurement window
+    ok: int
+    errors: dict = field(default_factory=dict)   # status (0 = connection error/timeout) -> count
+    seconds: float = 0.0
+    throughput_rps: float = 0.0                  # successful requests per second
+    rows_per_s: float = 0.0
+    latency_ms: dict = field(default_factory=dict)  # p50 p90 p95 p99 mean max over successful requests
+    late_sends: int = 0        # open loop: requests sent > 1 ms after they were due (client saturated)
+
+
+def latency_summary(seconds: list[float]) -> dict:
+    if not seconds:
+        return {}
+    ms = np.asarray(seconds) * 1e3
+    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+    return {"p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99),
+            "mean": float(ms.mean()), "max": float(ms.max()), "n": int(ms.size)}
+
+
+class Target:
+    """One model endpoint and the request body sent to it."""
+
+    def __init__(self, url: str, model: str, version: str | None = None, batch: int = 1,
+                 binary: bool = True, seed: int = 0):
+        self.base = url.rstrip("/")
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+        self.metadata_url = self.base + path
+        self.infer_url = self.base + path + "/infer"
+        self.model, self.batch, self.binary, self.seed = model, batch, binary, seed
+        self.body: bytes = b""
+        self.headers: dict = {}
+
+    async def prepare(self, session) -> None:
+        import aiohttp
+
+        try:
+            async with session.get(self.metadata_url) as r:
+                if r.status != 200:
+                    raise ModelpressError(f"{self.metadata_url} answered {r.status}: {await r.text()}")
+                meta = await r.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise ModelpressError(f"cannot reach {self.metadata_url}: {exc}; is the server running?") from None
+        rng = np.random.default_rng(self.seed)
+        inputs = {}
+        for t in meta["inputs"]:
+            shape = [self.batch if d == -1 and i == 0 else (1 if d == -1 else d) for i, d in enumerate(t["shape"])]
+            dtype = DATATYPES[t["datatype"]]
+            inputs[t["name"]] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
+                                 else rng.integers(0, 2, shape).astype(dtype))
+        if self.binary:
+            self.body, self.headers = binary_request(inputs)
+        else:
+            self.body, self.headers = json_request(inputs), {"Content-Type": "application/json"}
+        async with session.post(self.infer_url, data=self.body, headers=self.headers) as r:  # sanity check
+            payload = await r.read()
+            if r.status != 200:
+                raise ModelpressError(f"a test request to {self.infer_url} failed with {r.status}: {payload[:500]!r}")
+            decode_infer_response(payload, r.headers.get("Inference-Header-Content-Length"))
+
+    async def send(self, session) -> int:
+        import aiohttp
+
+        try:
+            async with session.post(self.infer_url, data=self.body, headers=self.headers) as r:
+                await r.read()
+                return r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return 0
+
+
+async def _session(limit: int, timeout_s: float):
+    import aiohttp
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, force_close=False),
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
+def _result(mode, level, target, records, seconds, late=0) -> LevelResult:
+    ok = [lat for status, lat in records if status == 200]
+    errors = Counter(str(status) for status, _ in records if status != 200)
+    return LevelResult(mode=mode, level=level, batch=target.batch, requests=len(records), ok=len(ok),
+                       errors=dict(errors), seconds=seconds, throughput_rps=len(ok) / seconds,
+                       rows_per_s=len(ok) * target.batch / seconds, latency_ms=latency_summary(ok), late_sends=late)
+
+
+async def closed_loop(target: Target, concurrency: int, duration_s: float, warmup_s: float,
+                      timeout_s: float = 30.0, max_requests: int | None = None) -> LevelResult:
+    """`concurrency` clients back to back; with `max_requests`, stop after that many (all measured)."""
+    session = await _session(concurrency, timeout_s)
+    async with session:
+        if not target.body:
+            await target.prepare(session)
+        start = time.perf_counter()
+        window = (start + warmup_s, start + warmup_s + duration_s)
+        records: list[tuple[int, float]] = []
+        budget = [max_requests if max_requests is not None else float("inf")]
+
+        async def client():
+            while budget[0] > 0:
+                budget[0] -= 1
+                t0 = time.perf_counter()
+                if t0 >= window[1]:
+                    return
+                status = await target.send(session)
+                t1 = time.perf_counter()
+                if t0 >= window[0] and t1 <= window[1]:
+                    records.append((status, t1 - t0))
+
+        await asyncio.gather(*[client() for _ in range(concurrency)])
+        seconds = duration_s if max_requests is None else time.perf_counter() - window[0]
+    return _result("concurrency", concurrency, target, records, seconds)
+
+
+async def open_loop(target: Target, rate: float, duration_s: float, warmup_s: float,
+                    timeout_s: float = 30.0, max_in_flight: int = 10_000) -> LevelResult:
+    session = await _session(0, timeout_s)
+    async with session:
+        if not target.body:
+            await target.prepare(session)
+        records: list[tuple[int, float]] = []
+        tasks, late = set(), 0
+        start = time.perf_counter() + 0.01
+        total = int(rate * (warmup_s + duration_s))
+        measured_from = int(rate * warmup_s)
+
+        async def one(due: float, keep: bool):
+            status = await target.send(session)
+            if keep:
+                records.append((status, time.perf_counter() - due))  # from when it was due
+
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > 1e-3:
+                late += i >= measured_from
+            if len(tasks) >= max_in_flight:
+                records.append((0, 0.0))  # the client gave up on this one: counted as an error
+                continue
+            task = asyncio.get_running_loop().create_task(one(due, i >= measured_from))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    return _result("rate", rate, target, records, duration_s, late)
+
+
+def run(url: str, model: str, *, concurrency: list[int] | None = None, rate: float | None = None,
+        duration_s: float = 10.0, warmup_s: float = 2.0, batch: int = 1, binary: bool = True,
+        version: str | None = None, progress=print) -> list[LevelResult]:
+    target = Target(url, model, version=version, batch=batch, binary=binary)
+    results = []
+    if rate:
+        progress(f"open loop: {rate:g} requests/s for {duration_s:g} s (+{warmup_s:g} s warm-up)")
+        results.append(asyncio.run(open_loop(target, rate, duration_s, warmup_s)))
+        progress(format_row(results[-1]))
+    for c in concurrency or ([] if rate else [1, 4, 16, 64]):
+        progress(f"closed loop: concurrency {c} for {duration_s:g} s (+{warmup_s:g} s warm-up)")
+        results.append(asyncio.run(closed_loop(target, c, duration_s, warmup_s)))
+        progress(format_row(results[-1]))
+    return results
+
+
+HEADER = "| mode | level | batch | ok | errors | req/s | rows/s | p50 ms | p90 ms | p95 ms | p99 ms |"
+
+
+def format_row(r: LevelResult, label: str | None = None) -> str:
+    lat = r.latency_ms or {}
+    errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
+    cells = [label or r.mode, f"{r.level:g}", r.batch, r.ok, errors, f"{r.throughput_rps:.0f}", f"{r.rows_per_s:.0f}",
+             *(f"{lat.get(k, float('nan')):.2f}" for k in ("p50", "p90", "p95", "p99"))]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(results: list[LevelResult], labels: list[str] | None = None) -> str:
+    sep = "|" + "---|" * (HEADER.count("|") - 1)
+    rows = [format_row(r, labels[i] if labels else None) for i, r in enumerate(results)]
+    return "\n".join([HEADER, sep, *rows])
+
+
+def to_json(results: list[LevelResult]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+def plot(series: dict[str, list[LevelResult]], path: str) -> None:
+    """Latency (p50 and p99) against throughput, one line per series."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, results in series.items():
+        pts = [r for r in results if r.latency_ms]
+        x = [r.rows_per_s for r in pts]
+        line, = ax.plot(x, [r.latency_ms["p50"] for r in pts], marker="o", label=f"{name} p50")
+        ax.plot(x, [r.latency_ms["p99"] for r in pts], marker="x", linestyle="--", color=line.get_color(),
+                label=f"{name} p99")
+        for r in pts:
+            ax.annotate(f"{r.level:g}", (r.rows_per_s, r.latency_ms["p50"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("throughput (rows/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: str, doc) -> None:
+    from ..fileio import write_json_atomic
+    write_json_atomic(path, doc)
+

@@ -1,0 +1,209 @@
+"""The Open Inference Protocol (KServe v2) over HTTP, as Triton speaks it: request parsing
+and response encoding, JSON tensors and the binary tensor extension in both directions.
+
+Everything here is pure: bytes in, arrays out (and back). Client mistakes raise
+`ClientError` with the HTTP status and a message that names the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+# v2 datatype -> numpy dtype (little-endian, as the binary extension requires)
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+_NAMES = {v: k for k, v in DATATYPES.items()}
+BINARY_HEADER = "inference-header-content-length"
+
+
+class ClientError(Exception):
+    """A mistake in the request: answered with `status` and {"error": message}."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    return _NAMES[array.dtype.newbyteorder("<")]
+
+
+def triton_to_v2(data_type: str) -> str:
+    """'TYPE_FP32' (model config) -> 'FP32' (protocol)."""
+    return data_type[5:] if data_type.startswith("TYPE_") else data_type
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None            # None: every output
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_default: bool = False         # "binary_data_output" on the request
+    parameters: dict = field(default_factory=dict)
+
+
+def _json(raw: bytes | memoryview) -> dict:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ClientError("the request body must be a JSON object with an 'inputs' list")
+    return doc
+
+
+def _shape(tensor: dict, where: str) -> tuple[int, ...]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in shape):
+        raise ClientError(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    return tuple(shape)
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body: JSON, or JSON header + binary tensors."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ClientError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not 0 < n <= len(body):
+            raise ClientError(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes: "
+                              "the body is truncated or the header is wrong")
+        doc, binary = _json(memoryview(body)[:n]), memoryview(body)[n:]
+    else:
+        doc, binary = _json(body), memoryview(b"")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ClientError("the request needs a non-empty 'inputs' list")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ClientError("'parameters' must be a JSON object")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(raw_inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise ClientError(f"inputs[{i}] must be an object with a 'name'")
+        name = tensor["name"]
+        where = f"input {name!r}"
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPES:
+            raise ClientError(f"{where}: unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
+        dtype = DATATYPES[datatype]
+        shape = _shape(tensor, where)
+        count = int(np.prod(shape, dtype=np.int64))
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise ClientError(f"{where}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise ClientError(f"{where}: binary_data_size {size} runs past the end of the body "
+                                  f"({len(binary) - offset} bytes left): the binary sizes do not add up")
+            if size != count * dtype.itemsize:
+                raise ClientError(f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of "
+                                  f"{datatype} needs {count * dtype.itemsize}")
+            array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+            offset += size
+        else:
+            if "data" not in tensor:
+                raise ClientError(f"{where}: give 'data', or parameters.binary_data_size with binary data")
+            try:
+                array = np.asarray(tensor["data"], dtype=dtype)
+            except (ValueError, TypeError, OverflowError):
+                raise ClientError(f"{where}: 'data' does not hold {datatype} values") from None
+            if array.size != count:
+                raise ClientError(f"{where}: 'data' has {array.size} values but shape {list(shape)} needs {count}")
+            array = array.reshape(shape)
+        if name in inputs:
+            raise ClientError(f"input {name!r} is given twice")
+        inputs[name] = array
+    if offset != len(binary):
+        raise ClientError(f"the body carries {len(binary)} bytes of binary data but the inputs' "
+                          f"binary_data_size add up to {offset}: the binary sizes do not add up")
+    outputs, binary_outputs = None, set()
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list):
+            raise ClientError("'outputs' must be a list of {\"name\": ...} objects")
+        outputs = []
+        for o in doc["outputs"]:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise ClientError("'outputs' must be a list of {\"name\": ...} objects")
+            outputs.append(o["name"])
+            if (o.get("parameters") or {}).get("binary_data"):
+                binary_outputs.add(o["name"])
+    request_id = doc.get("id")
+    return InferRequest(id=None if request_id is None else str(request_id), inputs=inputs, outputs=outputs,
+                        binary_outputs=binary_outputs, binary_default=bool(params.get("binary_data_output")),
+                        parameters=params)
+
+
+def encode_infer(model: str, version: str, request_id: str | None, outputs: dict[str, np.ndarray],
+                 binary: set[str]) -> tuple[bytes, dict[str, str]]:
+    """Response body and extra headers; tensors named in `binary` go after the JSON header."""
+    described, blobs = [], []
+    for name, array in outputs.items():
+        datatype = datatype_of(array)
+        entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in binary:
+            blob = np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        described.append(entry)
+    doc = {"model_name": model, "model_version": version, "outputs": described}
+    if request_id is not None:
+        doc["id"] = request_id
+    header = orjson.dumps(doc)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return b"".join([header, *blobs]), {"inference-header-content-length": str(len(header)),
+                                        "content-type": "application/octet-stream"}
+
+
+def binary_request(inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+                   binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension infer request body (what tritonclient sends); used by the load tester."""
+    described, blobs = [], []
+    for name, array in inputs.items():
+        datatype = datatype_of(array)
+        blob = np.ascontiguousarray(array).tobytes()
+        described.append({"name": name, "datatype": datatype, "shape": list(array.shape),
+                          "parameters": {"binary_data_size": len(blob)}})
+        blobs.append(blob)
+    doc: dict = {"inputs": described, "parameters": {"binary_data_output": binary_output}}
+    if outputs:
+        doc["outputs"] = [{"name": o, "parameters": {"binary_data": binary_output}} for o in outputs]
+    header = orjson.dumps(doc)
+    return b"".join([header, *blobs]), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def json_request(inputs: dict[str, np.ndarray]) -> bytes:
+    return orjson.dumps({"inputs": [
+        {"name": n, "datatype": datatype_of(a),
+         "shape": list(a.shape), "data": a.reshape(-1).tolist()} for n, a in inputs.items()]})
+
+
+def decode_infer_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """Outputs of an infer response (JSON or binary) as arrays; used by the load tester and tests."""
+    n = int(header_length) if header_length else len(body)
+    doc = orjson.loads(body[:n])
+    out, offset = {}, n
+    for o in doc["outputs"]:
+        dtype = DATATYPES[o["datatype"]]
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            out[o["name"]] = np.frombuffer(body[offset:offset + size], dtype=dtype).reshape(o["shape"])
+            offset += size
+        else:
+            out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
+    return out

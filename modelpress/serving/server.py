@@ -1,0 +1,107 @@
+"""Start the server: uvicorn (uvloop + httptools) for the API, prometheus_client for /metrics.
+
+Vertex AI custom-container mode turns on when AIP_HTTP_PORT is set: bind 0.0.0.0 on that
+port, serve AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE, load the repository at
+AIP_STORAGE_URI (gs:// is copied to local disk first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ModelpressError
+from .app import InferenceApp, ServeSettings
+from .metrics import ServerMetrics
+from .store import ModelStore
+
+log = logging.getLogger("modelpress.serve")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    metrics_port: int = 8002      # 0: no metrics endpoint
+
+
+def vertex_environment(env=os.environ) -> dict | None:
+    """Vertex's contract for custom serving containers, or None outside Vertex."""
+    if "AIP_HTTP_PORT" not in env:
+        return None
+    port = env["AIP_HTTP_PORT"]
+    if not port.isdigit():
+        raise ModelpressError(f"AIP_HTTP_PORT must be a port number, got {port!r}")
+    return {"port": int(port), "health_route": env.get("AIP_HEALTH_ROUTE", "/health"),
+            "predict_route": env.get("AIP_PREDICT_ROUTE", "/predict"), "storage_uri": env.get("AIP_STORAGE_URI")}
+
+
+def fetch_repository(uri: str, dest: Path | None = None) -> Path:
+    """A local copy of the repository at `uri` (a path, or gs://bucket/prefix)."""
+    if not uri.startswith("gs://"):
+        path = Path(uri)
+        if not path.is_dir():
+            raise ModelpressError(f"model repository {uri} is not a directory; point --repository (or "
+                                  "AIP_STORAGE_URI) at the folder the deploy step wrote")
+        return path
+    from google.cloud import storage
+
+    bucket_name, _, prefix = uri[len("gs://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    dest = dest or Path(tempfile.mkdtemp(prefix="modelpress-repository-"))
+    client = storage.Client()
+    count = 0
+    for blob in client.list_blobs(bucket_name, prefix=prefix):
+        rel = blob.name[len(prefix):]
+        if not rel or rel.endswith("/"):
+            continue
+        target = (dest / rel).resolve()
+        if dest.resolve() not in target.parents:  # an object name with ../ must not escape dest
+            raise ModelpressError(f"refusing object {blob.name!r}: it would be written outside {dest}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(target))
+        count += 1
+    if not count:
+        raise ModelpressError(f"no files under {uri}; is AIP_STORAGE_URI the model repository the deploy wrote?")
+    log.info("copied %d files from %s to %s", count, uri, dest)
+    return dest
+
+
+def build_app(repository: Path, settings: ServeSettings, *, max_queue_rows: int = 1024,
+              threads: int | None = None, metrics: ServerMetrics | None = None):
+    metrics = metrics or ServerMetrics()
+    store = ModelStore(repository, max_queue_rows=max_queue_rows, threads=threads, observe=metrics.observe)
+    metrics.watch(store)
+    return InferenceApp(store, settings, metrics), metrics
+
+
+def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, max_queue_rows: int = 1024,
+          threads: int | None = None) -> None:
+    import uvicorn
+    from prometheus_client import start_http_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    vertex = vertex_environment()
+    if vertex:
+        listen = replace(listen, host="0.0.0.0", http_port=vertex["port"])
+        settings = replace(settings, vertex_health_route=vertex["health_route"],
+                           vertex_predict_route=vertex["predict_route"])
+        repository = repository or vertex["storage_uri"]
+    if not repository:
+        raise ModelpressError("no model repository: pass --repository DIR (or set AIP_STORAGE_URI in Vertex mode)")
+    root = fetch_repository(repository)
+    inference, metrics = build_app(root, settings, max_queue_rows=max_queue_rows, threads=threads)
+    if listen.metrics_port:
+        start_http_server(listen.metrics_port, addr=listen.host, registry=metrics.registry)
+    log.info("serving %s on http://%s:%d%s%s", root, listen.host, listen.http_port,
+             f" (metrics on :{listen.metrics_port}/metrics)" if listen.metrics_port else "",
+             f" (Vertex mode: {settings.vertex_predict_route})" if vertex else "")
+    config = uvicorn.Config(inference.build(), host=listen.host, port=listen.http_port, loop="uvloop",
+                            http="httptools", lifespan="on", log_level="warning", access_log=False,
+                            backlog=2048, timeout_keep_alive=30)
+    uvicorn.Server(config).run()

@@ -1,0 +1,262 @@
+"""The models a server holds: a Triton-layout repository, loaded by version policy, polled.
+
+Requests are matched against the loaded names and version numbers, never joined into
+paths. A swap replaces the version map in one assignment, so a request either sees the
+old map or the new one; a retired version drains what it already accepted before its
+sessions close. A version that fails to load is reported and skipped, and whatever was
+serving keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import repository as repo
+from ..errors import ModelpressError
+from ..runtime import ONNX_FILE, session as ort_session
+from .batching import BatchPolicy, Scheduler, check_rows
+from .protocol import ClientError, datatype_of, triton_to_v2
+
+log = logging.getLogger("modelpress.serve")
+_VERSION = re.compile(r"^[0-9]{1,18}$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str          # v2 name, e.g. FP32
+    dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0
+
+
+class ModelVersion:
+    """One loaded version: its config, `instance_group.count` sessions and a scheduler."""
+
+    def __init__(self, name: str, version: int, config, sessions: list, threads: int, *,
+                 max_queue_rows: int, observe=None):
+        self.name, self.version, self.config = name, version, config
+        self.policy = BatchPolicy.from_config(config)
+        self.inputs = [TensorSpec(t.name, triton_to_v2(_type_name(t.data_type)), tuple(t.dims)) for t in config.input]
+        self.outputs = [TensorSpec(t.name, triton_to_v2(_type_name(t.data_type)), tuple(t.dims))
+                        for t in config.output]
+        self._check_graph(sessions[0])
+        self.instances, self.threads = len(sessions), threads
+        self.scheduler = Scheduler(sessions, self.policy, max_queue_rows=max_queue_rows,
+                                   observe=(lambda kind, value: observe(self, kind, value)) if observe else None,
+                                   label=f"{name}/{version}")
+
+    def _check_graph(self, sess):
+        have = {i.name for i in sess.get_inputs()}
+        want = {t.name for t in self.inputs}
+        if have != want:
+            raise ModelpressError(f"config.pbtxt declares inputs {sorted(want)} but model.onnx has {sorted(have)}")
+        outs = {o.name for o in sess.get_outputs()}
+        missing = {t.name for t in self.outputs} - outs
+        if missing:
+            raise ModelpressError(f"config.pbtxt declares outputs {sorted(missing)} that model.onnx lacks")
+
+    def metadata(self, versions: list[int]) -> dict:
+        batch = [-1] if self.policy.max_batch_size > 0 else []
+        return {"name": self.name, "versions": [str(v) for v in versions], "platform": "onnxruntime_onnx",
+                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.dims)} for t in self.inputs],
+                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.dims)}
+                            for t in self.outputs]}
+
+    def check(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> int:
+        """Validate a request against the config; return its row count."""
+        given, wanted = set(inputs), {t.name for t in self.inputs}
+        if given != wanted:
+            missing, extra = sorted(wanted - given), sorted(given - wanted)
+            raise ClientError(f"model {self.name} expects inputs {sorted(wanted)}"
+                              + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+        rows = None
+        batched = self.policy.max_batch_size > 0
+        for spec in self.inputs:
+            array = inputs[spec.name]
+            datatype = datatype_of(array)
+            if datatype != spec.datatype:
+                raise ClientError(f"input {spec.name!r} has datatype {datatype}; model {self.name} expects {spec.datatype}")
+            shape = array.shape[1:] if batched else array.shape
+            expected = ([-1] if batched else []) + list(spec.dims)
+            if (batched and array.ndim == 0) or len(shape) != len(spec.dims) or any(
+                    d != -1 and d != s for d, s in zip(spec.dims, shape)):
+                raise ClientError(f"input {spec.name!r} has shape {list(array.shape)}; model {self.name} expects "
+                                  f"{expected} (-1: any size)")
+            n = array.shape[0] if batched else 1
+            if rows is not None and n != rows:
+                raise ClientError(f"inputs disagree on the batch size ({rows} vs {n} rows)")
+            rows = n
+        known = {t.name for t in self.outputs}
+        for o in outputs or []:
+            if o not in known:
+                raise ClientError(f"model {self.name} has no output {o!r}; outputs: {sorted(known)}")
+        check_rows(rows, self.policy, self.name)
+        return rows
+
+
+def open_sessions(config, folder: Path, threads: int | None) -> tuple[list, int]:
+    """`instance_group.count` ONNX Runtime sessions (slow: run it off the event loop)."""
+    count = sum(g.count or 1 for g in config.instance_group) or 1
+    threads = threads or _thread_param(config) or max(1, (os.cpu_count() or 1) // count)
+    return [ort_session(folder / ONNX_FILE, threads=threads) for _ in range(count)], threads
+
+
+def _type_name(value: int) -> str:
+    from tritonclient.grpc import model_config_pb2 as mc
+    return mc.DataType.Name(value)
+
+
+def _thread_param(config) -> int | None:
+    # Triton's onnxruntime backend setting, honoured here as well
+    p = config.parameters.get("intra_op_thread_count")
+    return int(p.string_value) if p is not None and p.string_value.isdigit() and int(p.string_value) > 0 else None
+
+
+def select_versions(config, available: list[int]) -> list[int]:
+    """Triton's version_policy: latest {num_versions} (default 1), all {}, specific {versions}."""
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return list(available)
+    if which == "specific":
+        wanted = set(policy.specific.versions)
+        return [v for v in available if v in wanted]
+    n = policy.latest.num_versions if which == "latest" and policy.latest.num_versions else 1
+    return list(available[-n:])
+
+
+@dataclass
+class _Model:
+    config_text: str
+    config: object
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+
+
+class ModelStore:
+    def __init__(self, root: str | os.PathLike, *, max_queue_rows: int = 1024, threads: int | None = None,
+                 observe=None):
+        self.root = Path(root)
+        self.max_queue_rows = max_queue_rows
+        self.threads = threads
+        self.observe = observe
+        self.models: dict[str, _Model] = {}
+        self.errors: dict[str, str] = {}       # "name" or "name/version" -> why it is not served
+        self._broken: dict[tuple[str, int], float] = {}  # (name, version) -> model.onnx mtime that failed
+        self.retired: dict[tuple[str, int], ModelVersion] = {}  # kept so metrics stay monotonic
+        self._lock = asyncio.Lock()
+        self.loaded_once = False
+
+    # -- lookups (the only way a request reaches a model) ------------------------------
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        model = self.models.get(name)
+        if model is None or not model.versions:
+            known = sorted(n for n, m in self.models.items() if m.versions)
+            why = self.errors.get(name)
+            raise ClientError(f"unknown model {name!r}" + (f" ({why})" if why else "") + f"; available: {known}",
+                              status=404)
+        if version in (None, ""):
+            return model.versions[max(model.versions)]
+        if not _VERSION.match(version) or int(version) not in model.versions:
+            raise ClientError(f"model {name!r} has no version {version!r} loaded; available: "
+                              f"{[str(v) for v in sorted(model.versions)]}", status=404)
+        return model.versions[int(version)]
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.models[name].versions)
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [v for m in list(self.models.values()) for v in list(m.versions.values())]
+
+    def metric_versions(self) -> list[ModelVersion]:
+        """Loaded versions plus retired ones: Prometheus counters must not vanish or restart."""
+        loaded = self.all_versions()
+        keys = {(mv.name, mv.version) for mv in loaded}
+        return loaded + [mv for key, mv in self.retired.items() if key not in keys]
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded_once and bool(self.models) and all(m.versions for m in self.models.values())
+
+    # -- loading ---------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Bring the loaded set in line with the repository on disk (called at start and by polling)."""
+        async with self._lock:
+            on_disk = {}
+            if self.root.is_dir():
+                for d in sorted(self.root.iterdir()):
+                    if d.is_dir() and (d / repo.CONFIG_FILE).exists():
+                        try:
+                            on_disk[repo.check_name(d.name)] = d
+                        except ModelpressError:
+                            log.warning("skipping %s: not a valid model name", d)
+            for name in [n for n in self.models if n not in on_disk]:  # model folder removed
+                self._retire(self.models.pop(name).versions.values())
+                log.info("model %s removed from the repository: unloaded", name)
+            for name, folder in on_disk.items():
+                await self._refresh_model(name, folder)
+            self.loaded_once = True
+
+    async def _refresh_model(self, name: str, folder: Path) -> None:
+        try:
+            text = (folder / repo.CONFIG_FILE).read_text()
+            config = repo.read_config(self.root, name)
+        except (OSError, ModelpressError) as exc:
+            self._error(name, f"config not loaded: {exc}")
+            return
+        current = self.models.get(name)
+        reload_all = current is None or current.config_text != text
+        available = []
+        for v in repo.versions(self.root, name):
+            mtime = (folder / str(v) / ONNX_FILE).stat().st_mtime
+            if self._broken.get((name, v)) != mtime:
+                available.append(v)
+        loaded = {} if reload_all else dict(current.versions)
+        while True:
+            wanted = select_versions(config, available)
+            new = [v for v in wanted if v not in loaded]
+            if not new:
+                break
+            for v in new:
+                try:
+                    sessions, threads = await asyncio.get_running_loop().run_in_executor(
+                        None, open_sessions, config, folder / str(v), self.threads)
+                    loaded[v] = ModelVersion(name, v, config, sessions, threads,
+                                             max_queue_rows=self.max_queue_rows, observe=self.observe)
+                    self.errors.pop(f"{name}/{v}", None)
+                    log.info("loaded %s version %d", name, v)
+                except Exception as exc:  # report and keep serving what works
+                    self._broken[(name, v)] = (folder / str(v) / ONNX_FILE).stat().st_mtime
+                    self._error(f"{name}/{v}", f"version {v} failed to load: {exc}")
+                    available.remove(v)
+        keep = {v: loaded[v] for v in wanted}
+        if not keep and current and current.versions:
+            # nothing new loads: keep the old versions (and old config) serving
+            self._retire(m for v, m in loaded.items() if current.versions.get(v) is not m)
+            return
+        old = current.versions if current else {}
+        self.models[name] = _Model(text, config, keep)
+        self._retire(m for v, m in old.items() if keep.get(v) is not m)
+        self._retire(m for v, m in loaded.items() if v not in keep and old.get(v) is not m)
+        if keep:
+            self.errors.pop(name, None)
+
+    def _retire(self, versions) -> None:
+        for mv in list(versions):
+            log.info("retiring %s version %d once its queue drains", mv.name, mv.version)
+            self.retired[(mv.name, mv.version)] = mv
+            asyncio.get_running_loop().create_task(mv.scheduler.drain_and_close())
+
+    def _error(self, key: str, message: str) -> None:
+        if self.errors.get(key) != message:
+            log.error("%s: %s", key, message)
+        self.errors[key] = message
+
+    async def close(self) -> None:
+        for mv in self.all_versions():
+            await mv.scheduler.drain_and_close()

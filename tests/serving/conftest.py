@@ -1,0 +1,128 @@
+"""A real server in a subprocess on 127.0.0.1, serving a small real ONNX model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelpress import repository
+
+
+def make_onnx(folder: Path, seed: int = 0, scale: float = 1.0) -> Path:
+    """input [N,1,8,8] FP32 -> Flatten -> Gemm -> logits [N,10]; weights from `seed`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((64, 10)) * scale).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder
+
+
+def expected_logits(x: np.ndarray, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((64, 10)) * scale).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    return x.reshape(len(x), -1) @ w + b
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    host: str
+    metrics_url: str
+    repo: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def post(self, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        req = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return r.read().decode()
+
+
+def start_server(repo: Path | None, tmp: Path, *extra: str, env: dict | None = None, port: int | None = None) -> Server:
+    port = port or free_port()
+    mport = free_port()
+    log = tmp / f"serve-{port}.log"
+    where = ["--repository", str(repo)] if repo else []
+    proc = subprocess.Popen([sys.executable, "-m", "modelpress", "serve", *where,
+                             "--http-port", str(port), "--metrics-port", str(mport), *extra],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/v2/health/live", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError(f"server did not start:\n{log.read_text()}")
+    return Server(url, f"127.0.0.1:{port}", f"http://127.0.0.1:{mport}/metrics", repo, proc, log)
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        pytest.fail(f"server did not shut down within 15 s of SIGTERM:\n{server.log.read_text()}")
+
+
+def deploy_tiny(repo: Path, tmp: Path, name: str = "tiny", seed: int = 0, **kwargs) -> int:
+    return repository.deploy(make_onnx(tmp / f"src-{name}-{seed}", seed=seed), repo, name, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    repo = tmp / "repo"
+    deploy_tiny(repo, tmp, max_batch_size=16, max_queue_delay_us=2000, instances=2)
+    s = start_server(repo, tmp, "--poll-seconds", "0", "--max-body-mb", "0.05")
+    yield s
+    stop_server(s)
