@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all compile clean bench-compression
+.PHONY: help install demo test test-all compile clean bench-compression serve bench-serving
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -39,3 +39,29 @@ clean: ## Remove build outputs and local runs (keeps .venv)
 
 bench-compression: $(STAMP) ## Measure every compression variant of the reference model (~15 min)
 	$(PY) benchmarks/compression.py --config configs/compression.yaml
+
+serve: $(STAMP) ## Serve model_repository/ (what the demo deployed) on 127.0.0.1:8000, metrics on :8002
+	$(VENV)/bin/modelpress serve --repository model_repository
+
+bench-serving: $(STAMP) ## Batching vs no batching vs a naive server, plus hot reload under load (~3 min)
+	$(PY) benchmarks/serving.py
+
+# Container images (containers/<name>/Dockerfile). Tags are immutable commit ids: Vertex's
+# cache key includes the image string, so a rebuilt `latest` would return stale results.
+REGISTRY ?= europe-west4-docker.pkg.dev/PROJECT/modelpress
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+PLATFORM ?= linux/amd64
+IMAGES := cpu gpu serve
+# A default (commit) tag on a tree with uncommitted changes would name code it does not hold.
+TREE_CHANGES = $(if $(filter file,$(origin TAG)),$(shell git status --porcelain 2>/dev/null | head -n 1))
+.PHONY: images $(addprefix image-,$(IMAGES))
+
+images: $(addprefix image-,$(IMAGES)) ## Build and push the cpu, gpu, serve images as $(REGISTRY)/<name>:$(TAG) (docker)
+
+$(addprefix image-,$(IMAGES)): image-%:
+	$(if $(filter latest,$(TAG)),$(error TAG=latest is refused: tag images immutably, e.g. TAG=$$(git rev-parse --short HEAD), the default))
+	$(if $(TAG),,$(error TAG is empty: run in a git checkout, or pass TAG=<version>))
+	$(if $(findstring /PROJECT/,$(REGISTRY)/),$(error REGISTRY=$(REGISTRY) names no project: pass REGISTRY=<region>-docker.pkg.dev/<your-project>/<repository>))
+	$(if $(TREE_CHANGES),$(error uncommitted changes: an image tagged $(TAG) would not hold commit $(TAG); commit first, or pass TAG=<version>))
+	docker build --platform $(PLATFORM) --file containers/$*/Dockerfile --tag $(REGISTRY)/$*:$(TAG) .
+	docker push $(REGISTRY)/$*:$(TAG)

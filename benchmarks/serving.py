@@ -88,20 +88,26 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> Non
     raise RuntimeError(f"{url} not ready after {timeout_s} s")
 
 
-def bare_session_run(model: Path, threads: int, n: int = 400) -> dict:
-    """p50/p99 of session.run alone, batch 1, same threads as one server instance."""
+def bare_session_run(model: Path, threads: int, n: int = 400) -> tuple[dict, dict]:
+    """session.run alone with the threads of one server instance: batch-1 latency, and the
+    cost per row at larger batches (what batching can save in compute)."""
     sess = runtime.session(model, threads=threads)
     name = sess.get_inputs()[0].name
-    shape = [1, *sess.get_inputs()[0].shape[1:]]
-    x = np.random.default_rng(0).random(shape).astype(np.float32)
-    for _ in range(30):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return loadtest.latency_summary(times)
+    rng = np.random.default_rng(0)
+    per_row, batch1 = {}, {}
+    for batch in (1, 4, 8, 16):
+        x = rng.random([batch, *sess.get_inputs()[0].shape[1:]]).astype(np.float32)
+        for _ in range(10):
+            sess.run(None, {name: x})
+        times = []
+        for _ in range(n // batch):
+            t = time.perf_counter()
+            sess.run(None, {name: x})
+            times.append(time.perf_counter() - t)
+        if batch == 1:
+            batch1 = loadtest.latency_summary(times)
+        per_row[batch] = float(np.median(times)) * 1e3 / batch
+    return batch1, per_row
 
 
 def deploy(model: Path, repo: Path, *, batching: bool, instances: int, delay_us: int) -> None:
@@ -154,7 +160,9 @@ def markdown(doc: dict) -> str:
              f"onnxruntime {m['versions']['onnxruntime']}; load generator on the same cores.", "",
              f"Model: {doc['model']} (fp32 ONNX). Servers: {doc['settings']}.", "",
              f"Bare `session.run`, batch 1, {doc['settings']['threads']} thread(s): p50 "
-             f"{doc['bare_session_run']['p50']:.3f} ms, p99 {doc['bare_session_run']['p99']:.3f} ms.", "",
+             f"{doc['bare_session_run']['p50']:.3f} ms, p99 {doc['bare_session_run']['p99']:.3f} ms. "
+             "Milliseconds per row by batch size (what batching can save in compute): "
+             + ", ".join(f"{b}: {ms:.3f}" for b, ms in doc["session_ms_per_row_by_batch"].items()) + ".", "",
              loadtest.table([r for s in doc["series"].values() for r in s["objects"]],
                             [name for name, s in doc["series"].items() for _ in s["objects"]]), "",
              "## Ratios at each concurrency", "",
@@ -179,17 +187,17 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--instances", type=int, default=2, help="instance_group.count for both modelpress servers")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per instance")
-    p.add_argument("--max-queue-delay-us", type=int, default=500)
+    p.add_argument("--instances", type=int, default=1, help="instance_group.count for both modelpress servers")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads per instance")
+    p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument("--reload-requests", type=int, default=10_000, help="0 skips the hot-reload run")
     p.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench-serving")
     p.add_argument("--output", type=Path, default=RESULTS / "serving.json")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     model = ensure_model(args.model)
-    bare = bare_session_run(model, args.threads)
-    log(f"bare session.run p50 {bare['p50']:.3f} ms p99 {bare['p99']:.3f} ms")
+    bare, per_row = bare_session_run(model, args.threads)
+    log(f"bare session.run p50 {bare['p50']:.3f} ms p99 {bare['p99']:.3f} ms; ms per row by batch size {per_row}")
 
     servers, procs = {}, []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -242,7 +250,7 @@ def main(argv=None) -> int:
            "settings": {"instances": args.instances, "threads": args.threads,
                         "max_queue_delay_us": args.max_queue_delay_us, "duration_s": args.duration,
                         "warmup_s": args.warmup, "naive": "one ORT session, default threads, FastAPI-style threadpool"},
-           "bare_session_run": bare, "series": {n: loadtest.to_json(rs) for n, rs in series.items()},
+           "bare_session_run": bare, "session_ms_per_row_by_batch": per_row, "series": {n: loadtest.to_json(rs) for n, rs in series.items()},
            "ratios": ratios, "hot_reload": hot}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.output, doc)

@@ -10,7 +10,7 @@ def deploy_local(
     repository: str,
     model_name: str = "digits",
     max_batch_size: int = 64,
-    max_queue_delay_us: int = 500,
+    max_queue_delay_us: int = 0,
 ) -> int:
     """Write the model as the next numbered version of a Triton-layout model repository."""
     from modelpress import repository as repo

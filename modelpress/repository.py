@@ -46,7 +46,7 @@ def latest(repository: str | os.PathLike, name: str) -> Path | None:
 
 
 def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int = 64,
-                 preferred_batch_sizes: tuple[int, ...] = (8, 32), max_queue_delay_us: int = 500,
+                 preferred_batch_sizes: tuple[int, ...] = (8, 32), max_queue_delay_us: int = 0,
                  instances: int = 1):
     """Triton ModelConfig from the ONNX graph's inputs and outputs (batch dimension implicit)."""
     from tritonclient.grpc import model_config_pb2 as mc
@@ -67,6 +67,9 @@ def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int
         target.add(name=value.name, data_type=getattr(mc, dtype), dims=dims)
     config.dynamic_batching.preferred_batch_size.extend(
         [b for b in preferred_batch_sizes if b <= max_batch_size])
+    # 0 (Triton's default): take whatever is queued when an instance frees up. Batches still
+    # grow with load; a positive delay idles a free instance, which on CPU rarely pays
+    # (benchmarks/results/serving.md).
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.version_policy.latest.num_versions = 1
@@ -88,7 +91,7 @@ def read_config(repository: str | os.PathLike, name: str):
 
 def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: str, *,
            max_batch_size: int = 64, preferred_batch_sizes: tuple[int, ...] = (8, 32),
-           max_queue_delay_us: int = 500, instances: int = 1, extra_meta: dict | None = None) -> int:
+           max_queue_delay_us: int = 0, instances: int = 1, extra_meta: dict | None = None) -> int:
     """Add `model_dir` (model.onnx + meta.json) as the next version of `name`; return it."""
     from google.protobuf import text_format
 

@@ -25,7 +25,7 @@ def test_deploy_writes_numbered_versions_and_a_triton_config(mlp_onnx_dir, tmp_p
     assert config.input[0].name == "input" and list(config.input[0].dims) == [1, 8, 8]
     assert config.input[0].data_type == mc.TYPE_FP32
     assert config.output[0].name == "logits" and list(config.output[0].dims) == [10]
-    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
     assert repository.read_config(repo, "digits") == config
 

@@ -74,6 +74,15 @@ def test_new_version_under_load_then_a_broken_one(tmp_path):
             {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}]}).encode())
         assert code == 200 and json.loads(raw)["model_version"] == "2"
         assert "failed to load" in server.log.read_text()
+
+        # batching settings change without a restart: edit config.pbtxt, the model reloads
+        config = repo / "tiny" / "config.pbtxt"
+        config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 8"))
+        assert _wait_for(lambda: json.loads(server.get("/v2/models/tiny/config")[1])["max_batch_size"] == 8)
+        code, _, raw = server.post("/v2/models/tiny/infer", binary_request({"input": np.zeros((9, 1, 8, 8),
+                                                                                          np.float32)})[0],
+                                   binary_request({"input": np.zeros((9, 1, 8, 8), np.float32)})[1])
+        assert code == 400 and "exceeds max_batch_size 8" in json.loads(raw)["error"]
     finally:
         stop_server(server)
 
