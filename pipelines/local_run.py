@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
 from modelpress.fileio import write_json_atomic
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -221,9 +223,59 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def check_docker(image: str) -> None:
+    """Fail with the fix unless a Docker engine answers and has (or can pull) `image`."""
+    try:
+        import docker
+    except ImportError:
+        raise ModelpressError("--runner docker needs the `docker` Python package (pinned in "
+                              "pyproject.toml): run `make install`") from None
+
+    where = os.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise ModelpressError(
+            f"--runner docker: no Docker engine answers at {where} ({exc}). Start Docker (Docker "
+            "Desktop, or `sudo systemctl start docker`) and check that `docker info` works, or leave "
+            "out --runner docker: the default runner uses this virtual environment") from None
+    try:
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            try:
+                client.images.pull(image)  # a registry image, e.g. one `make images` pushed
+            except docker.errors.DockerException as exc:
+                raise ModelpressError(
+                    f"--runner docker: image {image!r} is not on this machine and cannot be pulled "
+                    f"({exc}). Build it with `docker build -f containers/cpu/Dockerfile -t {image} .` "
+                    "from the repository root, or name a pushed one with --image") from None
+    finally:
+        client.close()
+
+
+def docker_runner(host_paths=()):
+    """A kfp.local.DockerRunner (call check_docker first: kfp's own errors are tracebacks).
+
+    DockerRunner bind-mounts only the pipeline root, at its own path; `host_paths` (a dataset
+    file, the model repository) are mounted the same way. Tasks run as the calling user, so
+    they can write to the mounted folders and what they write there is yours.
+    """
+    import docker
+    from kfp import local
+
+    mounts = [docker.types.Mount(target=str(p), source=str(p), type="bind") for p in host_paths]
+    return local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}", environment={"HOME": "/tmp"},
+                              mounts=mounts)
+
+
 def run(pipeline, pipeline_name: str, parameters: dict, pipeline_root: str, *,
-        cache: bool = True, verbose: bool = False, console=None) -> dict:
-    """Run `pipeline(**parameters)` locally; write summary.json in the run folder; return it."""
+        cache: bool = True, verbose: bool = False, console=None, runner=None) -> dict:
+    """Run `pipeline(**parameters)` locally; write summary.json in the run folder; return it.
+
+    `runner` is a kfp.local runner; default: SubprocessRunner in this virtual environment.
+    """
     import warnings
 
     from kfp import local
@@ -235,7 +287,7 @@ def run(pipeline, pipeline_name: str, parameters: dict, pipeline_root: str, *,
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in root.iterdir()}
-    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+    local.init(runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=cache, raise_on_error=False)
     log_path = root / f".{pipeline_name}-{int(time.time() * 1000)}.log"
     start = time.time()

@@ -1,6 +1,10 @@
 """Run a pipeline locally through kfp.local (SubprocessRunner in this virtual environment).
 
     python pipelines/run_local.py <pipeline> [--config configs/local.yaml] [--set key=value ...]
+    python pipelines/run_local.py <pipeline> --runner docker [--image IMAGE]
+
+`--runner docker` runs each task in the CPU image (containers/cpu/Dockerfile; the config's
+`image`, or --image) through kfp.local.DockerRunner; it needs a Docker engine.
 
 Writes summary.json (per task: status, seconds, parameters, metrics, artifact paths) and
 run.log in the run's folder under the config's pipeline_root, and prints the summary.
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (sys.path: repository root first)
@@ -18,6 +24,26 @@ from modelpress.config import parse_overrides
 from modelpress.errors import ModelpressError
 from pipelines import local_run, settings
 from pipelines.registry import PIPELINES
+
+RUNNERS = ("subprocess", "docker")
+OUTPUT_FOLDER_PARAMETERS = {"repository"}  # written by tasks: created so they can be mounted
+
+
+def host_paths(params: dict, pipeline_root: Path) -> list[Path]:
+    """Host files and folders the parameters name, which a task container must see.
+
+    The pipeline root is mounted already; a missing input is left out (the task reports it).
+    """
+    paths = []
+    for key in sorted(settings.LOCAL_PATH_PARAMETERS & set(params)):
+        path = Path(str(params[key]))
+        if not path.is_absolute() or path == pipeline_root or pipeline_root in path.parents:
+            continue  # "digits", gs://..., or under the mounted root
+        if key in OUTPUT_FOLDER_PARAMETERS:
+            path.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            paths.append(path)
+    return paths
 
 
 def main(argv=None) -> int:
@@ -29,16 +55,29 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline-root", help="where runs are written (default: from the config)")
     parser.add_argument("--no-cache", action="store_true", help="run every task even if cached")
     parser.add_argument("--verbose", action="store_true", help="stream the runner's full output")
+    parser.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                        help="subprocess (default): tasks run in this virtual environment; "
+                             "docker: each task runs in the image (needs a Docker engine)")
+    parser.add_argument("--image", help="with --runner docker: the image tasks run in "
+                                        "(default: the config's image)")
     args = parser.parse_args(argv)
     try:
+        if args.image and args.runner != "docker":
+            raise ModelpressError("--image applies to --runner docker only; add --runner docker")
         cfg = settings.load("local", args.config)
         params = cfg.pipeline_parameters(args.pipeline, parse_overrides(args.overrides))
+        target = replace(cfg.target, image=args.image) if args.image else cfg.target
+        pipeline_root = Path(args.pipeline_root or cfg.pipeline_root).resolve()
+        runner = None
+        if args.runner == "docker":
+            local_run.check_docker(target.image)
+            runner = local_run.docker_runner(host_paths(params, pipeline_root))
     except ModelpressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pipeline = PIPELINES[args.pipeline](cfg.target)
-    summary = local_run.run(pipeline, args.pipeline, params, args.pipeline_root or cfg.pipeline_root,
-                            cache=not args.no_cache, verbose=args.verbose)
+    pipeline = PIPELINES[args.pipeline](target)
+    summary = local_run.run(pipeline, args.pipeline, params, str(pipeline_root),
+                            cache=not args.no_cache, verbose=args.verbose, runner=runner)
     print(local_run.format_summary(summary))
     return 0 if summary["status"] == "SUCCESS" else 1
 

@@ -1,10 +1,10 @@
 """The training pipeline, for real, through kfp.local.SubprocessRunner."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-
 
 from modelpress import data, runtime
 
@@ -57,3 +57,38 @@ def test_failing_task_is_reported_with_its_error(tmp_path):
     assert "dataset source not found" in proc.stdout
     summary = json.loads(next((tmp_path / "runs").glob("training-*/summary.json")).read_text())
     assert summary["status"] == "FAILURE"
+
+
+def test_docker_runner_without_an_engine_names_the_fix(tmp_path):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'no-engine.sock'}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "run_local.py"), "training", "--runner", "docker",
+                           "--pipeline-root", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"no Docker engine answers at unix://{tmp_path}" in proc.stderr
+    assert "`docker info`" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "model_repository").exists()
+
+
+def test_docker_runner_mounts_the_host_paths_tasks_use(tmp_path):
+    from pipelines import local_run, run_local
+
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,label\n1,0\n")
+    root = tmp_path / "runs"
+    paths = run_local.host_paths({"source": str(csv), "repository": str(tmp_path / "repo"), "warm_start": "",
+                                  "epochs": 3}, root)
+    assert paths == [tmp_path / "repo", csv] and (tmp_path / "repo").is_dir()  # the repository is written to
+    # built-in dataset names, paths under the (already mounted) root and missing inputs stay out
+    assert run_local.host_paths({"source": "digits", "repository": str(root / "repo"),
+                                 "warm_start": str(tmp_path / "missing")}, root) == []
+    args = local_run.docker_runner(paths).container_run_args
+    assert [(m["Source"], m["Target"], m["Type"]) for m in args["mounts"]] == [(str(p), str(p), "bind") for p in paths]
+    assert args["user"] == f"{os.getuid()}:{os.getgid()}"  # writes to the mounts, files owned by the caller
+
+
+def test_image_option_needs_the_docker_runner(capsys):
+    from pipelines import run_local
+
+    assert run_local.main(["training", "--image", "modelpress-cpu:abc"]) == 2
+    assert "--image applies to --runner docker only" in capsys.readouterr().err
