@@ -43,8 +43,9 @@ bench-compression: $(STAMP) ## Measure every compression variant of the referenc
 serve: $(STAMP) ## Serve model_repository/ (what the demo deployed) on 127.0.0.1:8000, metrics on :8002
 	$(VENV)/bin/modelpress serve --repository model_repository
 
-bench-serving: $(STAMP) ## Batching vs no batching vs a naive server, plus hot reload under load (~3 min)
+bench-serving: $(STAMP) ## Batching vs no batching vs a naive server, plus hot reload under load (~6 min)
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/serving.py --dense-mlp --reload-requests 0 --output benchmarks/results/serving-dense-mlp.json
 
 # Container images (containers/<name>/Dockerfile). Tags are immutable commit ids: Vertex's
 # cache key includes the image string, so a rebuilt `latest` would return stale results.

@@ -67,6 +67,35 @@ def ensure_model(path: Path) -> Path:
     return path
 
 
+def dense_mlp(folder: Path, widths=(4096, 2048, 2048, 10), image=(1, 32, 32)) -> Path:
+    """A dense MLP (33 M parameters) as ONNX: batch 1 streams every weight from memory for
+    one row, so batching cuts the cost per row several-fold: the case batching is for."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if (folder / runtime.ONNX_FILE).exists():
+        return folder
+    rng = np.random.default_rng(0)
+    nodes, weights, prev, width = [helper.make_node("Flatten", ["input"], ["h"], axis=1)], [], "h", int(np.prod(image))
+    for i, w in enumerate(widths):
+        weights += [numpy_helper.from_array((rng.standard_normal((width, w)) / np.sqrt(width)).astype(np.float32),
+                                            f"w{i}"), numpy_helper.from_array(np.zeros(w, np.float32), f"b{i}")]
+        last = i == len(widths) - 1
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], ["logits" if last else f"g{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [f"r{i}"]))
+        prev, width = f"r{i}", w
+    graph = helper.make_graph(nodes, "dense_mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                ["batch", *image])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", widths[-1]])],
+                              weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / runtime.ONNX_FILE))
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,6 +213,8 @@ def markdown(doc: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "build" / "bench-compression" / "teacher-onnx")
+    p.add_argument("--dense-mlp", action="store_true",
+                   help="serve a generated dense MLP instead (batching's favourable case) ")
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
@@ -195,7 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=RESULTS / "serving.json")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
-    model = ensure_model(args.model)
+    model = dense_mlp(args.work_dir / "dense-mlp") if args.dense_mlp else ensure_model(args.model)
     bare, per_row = bare_session_run(model, args.threads)
     log(f"bare session.run p50 {bare['p50']:.3f} ms p99 {bare['p99']:.3f} ms; ms per row by batch size {per_row}")
 
