@@ -94,6 +94,7 @@ class Scheduler:
         self._executing = 0
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"infer-{label}")
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(_report_crash)
 
     # -- requests -------------------------------------------------------------------
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float) -> dict[str, np.ndarray]:
@@ -217,6 +218,12 @@ class Scheduler:
             await asyncio.sleep(poll_s)
         self._task.cancel()
         self._executor.shutdown(wait=False)
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        import logging
+        logging.getLogger("modelpress.serve").error("batch scheduler stopped", exc_info=task.exception())
 
 
 def _run_session(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

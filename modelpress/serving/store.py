@@ -229,7 +229,10 @@ class ModelStore:
                     loaded[v] = ModelVersion(name, v, config, sessions, threads,
                                              max_queue_rows=self.max_queue_rows, observe=self.observe)
                     self.errors.pop(f"{name}/{v}", None)
-                    log.info("loaded %s version %d", name, v)
+                    p = loaded[v].policy
+                    log.info("loaded %s version %d: max_batch_size %d, %s, %d instance(s) x %d thread(s)", name, v,
+                             p.max_batch_size, f"dynamic batching (max queue delay {p.max_queue_delay_us} us)"
+                             if p.dynamic else "no batching", loaded[v].instances, loaded[v].threads)
                 except Exception as exc:  # report and keep serving what works
                     self._broken[(name, v)] = (folder / str(v) / ONNX_FILE).stat().st_mtime
                     self._error(f"{name}/{v}", f"version {v} failed to load: {exc}")

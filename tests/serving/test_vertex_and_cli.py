@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,38 @@ def test_json_tensors_of_every_numeric_type(datatype, values):
     assert array.dtype == protocol.DATATYPES[datatype] and array.tolist() == values
     payload, _ = protocol.encode_infer("m", "1", None, {"x": array}, set())
     assert json.loads(payload)["outputs"][0]["datatype"] == datatype
+
+
+def test_gs_repository_is_copied_with_the_exact_listing_request(tmp_path, monkeypatch):
+    from google.cloud import storage
+
+    from modelpress.errors import ModelpressError
+    from modelpress.serving.server import fetch_repository
+
+    class Blob:
+        def __init__(self, name, payload=b"x"):
+            self.name, self.payload = name, payload
+
+        def download_to_filename(self, filename):
+            Path(filename).write_bytes(self.payload)
+
+    calls = []
+
+    class Client:
+        def list_blobs(self, bucket, prefix):
+            calls.append((bucket, prefix))
+            return listing
+
+    monkeypatch.setattr(storage, "Client", Client)
+    listing = [Blob("models/repo/digits/config.pbtxt", b"name: 'digits'"), Blob("models/repo/digits/1/"),
+               Blob("models/repo/digits/1/model.onnx", b"onnx")]
+    dest = fetch_repository("gs://bucket/models/repo", tmp_path / "copy")
+    assert calls == [("bucket", "models/repo/")]
+    assert (dest / "digits" / "config.pbtxt").read_bytes() == b"name: 'digits'"
+    assert (dest / "digits" / "1" / "model.onnx").read_bytes() == b"onnx"
+    listing = [Blob("models/repo/../../escape")]
+    with pytest.raises(ModelpressError, match="outside"):
+        fetch_repository("gs://bucket/models/repo", tmp_path / "copy2")
+    listing = []
+    with pytest.raises(ModelpressError, match="no files under gs://bucket/empty"):
+        fetch_repository("gs://bucket/empty", tmp_path / "copy3")
