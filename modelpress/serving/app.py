@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from .batching import ServerError
+from .batching import SchedulerClosed, ServerError
 from .protocol import BINARY_HEADER, DATATYPES, ClientError, encode_infer, parse_infer
 from .store import ModelStore, ModelVersion
 
@@ -95,23 +95,36 @@ class InferenceApp:
             raise ClientError(f"the body has {size} bytes but Content-Length says {length}: truncated body")
         return b"".join(chunks)
 
-    async def _run(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str] | None):
-        """Validate, queue, execute; count the outcome in the version's stats."""
-        stats = mv.scheduler.stats
+    async def _run(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str] | None,
+                   version: str | None = None):
+        """Validate, queue, execute; count the outcome in the version's stats. Returns the
+        outputs and the version that produced them."""
         start = time.perf_counter_ns()
-        try:
-            rows = mv.check(inputs, outputs)
-            result = await mv.scheduler.infer(inputs, rows, self.settings.request_timeout_s)
-        except (ClientError, ServerError):
-            stats.fail_count += 1
-            stats.fail_ns += time.perf_counter_ns() - start
-            raise
+        for _ in range(3):
+            try:
+                rows = mv.check(inputs, outputs)
+                result = await mv.scheduler.infer(inputs, rows, self.settings.request_timeout_s)
+                break
+            except SchedulerClosed:  # swapped out while this request was being read: use the new one
+                mv = self.store.get(mv.name, version)
+            except (ClientError, ServerError):
+                self._count_failure(mv, start)
+                raise
+        else:
+            self._count_failure(mv, start)
+            raise ServerError(f"model {mv.name} is being reloaded; retry", status=503, headers={"Retry-After": "1"})
+        stats = mv.scheduler.stats
         elapsed = time.perf_counter_ns() - start
         stats.success_count += 1
         stats.success_ns += elapsed
         if self.metrics:
             self.metrics.observe(mv, "request", elapsed / 1e9)
-        return result if outputs is None else {k: result[k] for k in outputs}
+        return (result if outputs is None else {k: result[k] for k in outputs}), mv
+
+    @staticmethod
+    def _count_failure(mv: ModelVersion, start_ns: int) -> None:
+        mv.scheduler.stats.fail_count += 1
+        mv.scheduler.stats.fail_ns += time.perf_counter_ns() - start_ns
 
     # -- KServe v2 -------------------------------------------------------------------
     async def live(self, request):
@@ -161,7 +174,7 @@ class InferenceApp:
         mv = self._model(request)
         body = await self._body(request)
         req = parse_infer(body, request.headers.get(BINARY_HEADER))
-        outputs = await self._run(mv, req.inputs, req.outputs)
+        outputs, mv = await self._run(mv, req.inputs, req.outputs, request.path_params.get("version"))
         binary = set(outputs) if req.binary_default else req.binary_outputs
         payload, headers = encode_infer(mv.name, str(mv.version), req.id, outputs, binary)
         return Response(payload, headers=headers)
@@ -185,7 +198,7 @@ class InferenceApp:
                                   'inference request with "inputs"')
         if header is not None or "inputs" in doc:  # a v2 body on the predict route (rawPredict)
             req = parse_infer(body, header)
-            outputs = await self._run(mv, req.inputs, req.outputs)
+            outputs, mv = await self._run(mv, req.inputs, req.outputs)
             binary = set(outputs) if req.binary_default else req.binary_outputs
             payload, headers = encode_infer(mv.name, str(mv.version), req.id, outputs, binary)
             return Response(payload, headers=headers)
@@ -195,7 +208,8 @@ class InferenceApp:
         # Vertex clients send many instances at once: split them into batches the model accepts
         parts = await asyncio.gather(*[self._run(mv, {k: v[i:i + limit] for k, v in inputs.items()}, None)
                                        for i in range(0, rows, limit)])
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        merged = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+        mv = parts[-1][1]
         if len(merged) == 1:
             predictions = next(iter(merged.values())).tolist()
         else:

@@ -24,6 +24,10 @@ import numpy as np
 from .protocol import ClientError
 
 
+class SchedulerClosed(Exception):
+    """The version was retired between lookup and submit: look the model up again."""
+
+
 class ServerError(Exception):
     """Not the client's fault: answered with a 5xx."""
 
@@ -92,12 +96,15 @@ class Scheduler:
         for s in sessions:
             self._free.put_nowait(s)
         self._executing = 0
+        self.closed = False
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"infer-{label}")
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._task.add_done_callback(_report_crash)
 
     # -- requests -------------------------------------------------------------------
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float) -> dict[str, np.ndarray]:
+        if self.closed:
+            raise SchedulerClosed()
         if self._queued_rows + rows > self.max_queue_rows:
             raise ServerError(f"model {self._label} is overloaded: {self._queued_rows} rows already queued "
                               f"(limit {self.max_queue_rows}); retry shortly", status=503,
@@ -216,6 +223,7 @@ class Scheduler:
         """Finish every request already accepted, then stop; used when a version is retired."""
         while not self.idle:
             await asyncio.sleep(poll_s)
+        self.closed = True  # from here on, infer() sends callers back to the store
         self._task.cancel()
         self._executor.shutdown(wait=False)
 

@@ -58,3 +58,14 @@ def test_the_queue_bound_refuses_rows_beyond_it(session):
     refused = [o for o in outs if isinstance(o, ServerError)]
     assert len(refused) == 1 and refused[0].status == 503 and refused[0].headers == {"Retry-After": "1"}
     assert stats.inference_count == 8
+
+
+def test_a_retired_scheduler_sends_late_callers_back_to_the_store(session):
+    from modelpress.serving.batching import SchedulerClosed
+
+    async def go():
+        scheduler = Scheduler([session], BatchPolicy(max_batch_size=4, dynamic=True), max_queue_rows=100)
+        await scheduler.drain_and_close()
+        with pytest.raises(SchedulerClosed):
+            await scheduler.infer({"input": np.zeros((1, 1, 8, 8), np.float32)}, 1, 1.0)
+    asyncio.run(go())
