@@ -69,3 +69,11 @@ def test_a_retired_scheduler_sends_late_callers_back_to_the_store(session):
         with pytest.raises(SchedulerClosed):
             await scheduler.infer({"input": np.zeros((1, 1, 8, 8), np.float32)}, 1, 1.0)
     asyncio.run(go())
+
+
+def test_a_request_waiting_past_its_timeout_gets_504(session):
+    policy = BatchPolicy(max_batch_size=16, dynamic=True, max_queue_delay_us=3_000_000)
+    start = time.perf_counter()
+    stats, _, outs = _run(session, policy, [1], timeout_s=0.2)
+    assert isinstance(outs[0], ServerError) and outs[0].status == 504 and "timed out" in str(outs[0])
+    assert time.perf_counter() - start < 5
