@@ -104,6 +104,63 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int,
     return score_logits(predict_logits(model, x, device), y, num_classes)
 
 
+def make_optimiser(params, settings: TrainSettings, total_steps: int):
+    """The optimiser the settings name, under a one-cycle learning-rate schedule."""
+    params = [p for p in params if p.requires_grad]
+    if settings.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9,
+                              weight_decay=settings.weight_decay, nesterov=True)
+    elif settings.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.learning_rate,
+                                                total_steps=total_steps)
+    return opt, sched
+
+
+def check_finite(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise ModelpressError(f"training loss became {loss.item()} at epoch {epoch}; "
+                              "lower learning_rate")
+
+
+class Progress:
+    """Per-epoch history and log lines, early stopping on validation loss, the best weights."""
+
+    def __init__(self, settings: TrainSettings, log: Callable[[str], None], label: str):
+        self.settings, self.log, self.label = settings, log, label
+        self.history: list[dict] = []
+        self.best_state, self.best_val, self.best_epoch, self.stale = None, math.inf, 0, 0
+
+    def end_epoch(self, epoch: int, train_loss: float, seen: int, val: dict, seconds: float,
+                  model: nn.Module, **extra) -> bool:
+        """Record the epoch; keep the weights if validation improved. True: stop training."""
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+                             "val_accuracy": val["accuracy"], "seconds": seconds, **extra})
+        self.log(f"[{self.label}] epoch {epoch}/{self.settings.epochs}  train_loss {train_loss:.4f}  "
+                 f"val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}  "
+                 f"{seen / seconds:,.0f} samples/s  {seconds:.1f}s")
+        if val["loss"] < self.best_val - 1e-6:
+            self.best_val, self.best_epoch, self.stale = val["loss"], epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.stale += 1
+        if self.settings.patience and self.stale >= self.settings.patience:
+            self.log(f"[{self.label}] early stop: validation loss has not improved for "
+                     f"{self.settings.patience} epochs (best at epoch {self.best_epoch})")
+            return True
+        return False
+
+    def finish(self, model: nn.Module) -> dict:
+        """Load the best weights into `model`; summarise the run."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        model.eval()
+        return {"history": self.history, "epochs_run": len(self.history), "best_epoch": self.best_epoch,
+                "final_train_loss": self.history[-1]["train_loss"], "best_val_loss": self.best_val}
+
+
 def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: LossFn | None = None,
         aux: np.ndarray | None = None, log: Callable[[str], None] = print,
         label: str = "train") -> dict:
@@ -113,26 +170,15 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9,
-                              weight_decay=settings.weight_decay, nesterov=True)
-    elif settings.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(ds.train.x) / settings.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.learning_rate,
-                                                total_steps=settings.epochs * steps_per_epoch)
+    opt, sched = make_optimiser(model.parameters(), settings, settings.epochs * steps_per_epoch)
     xtr = torch.from_numpy(ds.train.x)
     ytr = torch.from_numpy(ds.train.y)
     auxt = torch.from_numpy(aux) if aux is not None else None
     loss_fn = loss_fn or (lambda logits, y, _aux: F.cross_entropy(logits, y))
     num_classes = len(ds.class_names)
-    best_state, best_val, best_epoch, stale = None, math.inf, 0, 0
-    history = []
+    progress = Progress(settings, log, label)
     start = time.perf_counter()
-    epochs_run = 0
     for epoch in range(1, settings.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -142,58 +188,49 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
             ab = ab.to(device) if ab is not None else None
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb, ab)
-            if not torch.isfinite(loss):
-                raise ModelpressError(f"training loss became {loss.item()} at epoch {epoch}; "
-                                      "lower learning_rate")
+            check_finite(loss, epoch)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(xb)
             seen += len(xb)
         val = evaluate(model, ds.validation.x, ds.validation.y, num_classes, device)
-        epochs_run = epoch
-        dt = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val["loss"],
-                        "val_accuracy": val["accuracy"], "seconds": dt})
-        log(f"[{label}] epoch {epoch}/{settings.epochs}  train_loss {total / seen:.4f}  "
-            f"val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}  "
-            f"{seen / dt:,.0f} samples/s  {dt:.1f}s")
-        if val["loss"] < best_val - 1e-6:
-            best_val, best_epoch, stale = val["loss"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if settings.patience and stale >= settings.patience:
-                log(f"[{label}] early stop: validation loss has not improved for "
-                    f"{settings.patience} epochs (best at epoch {best_epoch})")
-                break
+        if progress.end_epoch(epoch, total / seen, seen, val, time.perf_counter() - t0, model):
+            break
     seconds = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return {"history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
-            "seconds": seconds, "samples_seen": len(ds.train.x) * epochs_run,
-            "final_train_loss": history[-1]["train_loss"], "best_val_loss": best_val,
-            "device": str(device)}
+    summary = progress.finish(model)
+    return {**summary, "seconds": seconds, "examples_per_epoch": len(ds.train.x),
+            "samples_seen": len(ds.train.x) * summary["epochs_run"], "device": str(device)}
 
 
-@timed
-def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
-          model_args: dict | None = None, settings: TrainSettings | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train a model from the registry on a dataset artifact; save it; return the result."""
-    settings = (settings or TrainSettings()).validate()
+def prepare(dataset_dir: str, architecture: str, model_args: dict | None,
+            settings: TrainSettings) -> tuple[Dataset, dict, nn.Module]:
+    """Load the dataset artifact and build the seeded model it asks for."""
     ds = load_dataset(dataset_dir)
     spec = models.make_spec(architecture, ds.feature_shape, len(ds.class_names), **(model_args or {}))
     torch.manual_seed(settings.seed)
-    model = models.build(spec)
-    params = models.count_params(model)
+    return ds, spec, models.build(spec)
+
+
+def describe(model: nn.Module, ds: Dataset, spec: dict, settings: TrainSettings, label: str,
+             log: Callable[[str], None]) -> int:
+    """Log the model's size and cost; return its forward FLOPs per example."""
     fwd = flops_mod.forward_flops(model, ds.feature_shape)
-    log(f"[train] {architecture} with {params:,} parameters, {fwd / 1e6:.2f} MFLOPs per example; "
-        f"{len(ds.train.x)} training examples; settings {asdict(settings)}")
-    fitted = fit(model, ds, settings, log=log)
+    log(f"[{label}] {spec['architecture']} with {models.count_params(model):,} parameters, "
+        f"{fwd / 1e6:.2f} MFLOPs per example; {len(ds.train.x)} training examples; "
+        f"settings {asdict(settings)}")
+    return fwd
+
+
+def finish(model: nn.Module, spec: dict, ds: Dataset, settings: TrainSettings, fitted: dict,
+           fwd: int, out_dir: str, *, label: str = "train",
+           log: Callable[[str], None] = print) -> dict:
+    """Score the trained model on the test split, save it, and build the train result."""
+    architecture = spec["architecture"]
+    params = models.count_params(model)
     test = evaluate(model, ds.test.x, ds.test.y, len(ds.class_names), fitted["device"])
-    compute = flops_mod.training_compute(fwd, len(ds.train.x), fitted["epochs_run"], fitted["seconds"])
+    compute = flops_mod.training_compute(fwd, fitted["examples_per_epoch"], fitted["epochs_run"],
+                                         fitted["seconds"])
     metadata = {"framework": "pytorch", "architecture": architecture, "params": params,
                 "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
                 "precision": "fp32", "input_shape": list(ds.feature_shape),
@@ -207,9 +244,21 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
         "samples_per_s": fitted["samples_seen"] / fitted["seconds"] if fitted["seconds"] else 0.0,
         "params": params, **compute,
     }
-    log(f"[train] test accuracy {test['accuracy']:.4f}; {compute['training_flops']:.3g} training FLOPs "
+    log(f"[{label}] test accuracy {test['accuracy']:.4f}; {compute['training_flops']:.3g} training FLOPs "
         f"({compute['training_pflop_days']:.3g} PF-days), achieved "
         f"{compute['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s")
     return {"metadata": metadata, "metrics": metrics,
             "confusion_matrix": {"class_names": ds.class_names, "matrix": test["confusion_matrix"]},
             "history": fitted["history"]}
+
+
+@timed
+def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
+          model_args: dict | None = None, settings: TrainSettings | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train a model from the registry on a dataset artifact; save it; return the result."""
+    settings = (settings or TrainSettings()).validate()
+    ds, spec, model = prepare(dataset_dir, architecture, model_args, settings)
+    fwd = describe(model, ds, spec, settings, "train", log)
+    fitted = fit(model, ds, settings, log=log)
+    return finish(model, spec, ds, settings, fitted, fwd, out_dir, log=log)
