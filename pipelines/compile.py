@@ -1,6 +1,9 @@
 """Compile every pipeline for every target into KFP YAML.
 
-    python pipelines/compile.py [--target local|vertex|all] [--output-dir DIR]
+    python pipelines/compile.py [--target local|vertex|all] [--output-dir DIR] [--image-tag TAG]
+
+Vertex templates name images by an immutable tag: GIT_SHA in configs/vertex.yaml becomes
+--image-tag, else `git rev-parse --short HEAD`.
 """
 
 from __future__ import annotations
@@ -15,22 +18,26 @@ if __package__ in (None, ""):
 from modelpress.errors import ModelpressError
 from pipelines import settings
 from pipelines.registry import PIPELINES
-from pipelines.targets import TARGETS
+from pipelines.targets import TARGETS, Target
 
 
-def compile_all(targets, output_dir: Path) -> list[Path]:
+def compile_pipeline(name: str, target: Target, output_dir: Path) -> Path:
+    """Write `<output_dir>/<target>/<name>.yaml` whole or not at all; return its path."""
     from kfp import compiler
 
+    out = output_dir / target.name / f"{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.yaml")
+    compiler.Compiler().compile(PIPELINES[name](target), str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def compile_all(targets, output_dir: Path, image_tag: str | None = None) -> list[Path]:
     written = []
     for target_name in targets:
-        cfg = settings.load(target_name)
-        for name, factory in PIPELINES.items():
-            out = output_dir / target_name / f"{name}.yaml"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.stem}.tmp.yaml")
-            compiler.Compiler().compile(factory(cfg.target), str(tmp))
-            tmp.replace(out)
-            written.append(out)
+        cfg = settings.load(target_name, image_tag=image_tag)
+        written += [compile_pipeline(name, cfg.target, output_dir) for name in PIPELINES]
     return written
 
 
@@ -38,10 +45,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=[*TARGETS, "all"], default="all")
     parser.add_argument("--output-dir", type=Path, default=settings.ROOT / "build" / "pipelines")
+    parser.add_argument("--image-tag", help="replaces GIT_SHA in the vertex images (default: git HEAD)")
     args = parser.parse_args(argv)
     targets = TARGETS if args.target == "all" else (args.target,)
     try:
-        written = compile_all(targets, args.output_dir)
+        written = compile_all(targets, args.output_dir, args.image_tag)
     except ModelpressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from kfp import dsl
 
 from components.benchmark import benchmark
 from components.dataset import make_dataset
-from components.deploy_local import deploy_local
 from components.distil import distil
 from components.export_onnx import export_onnx
 from components.prune import prune
@@ -86,7 +85,7 @@ def build(target: Target):
                        p95_budget_ms=p95_budget_ms, size_budget_bytes=size_budget_bytes, objective=objective,
                        accuracy_floor=accuracy_floor), cache=False)
         with dsl.If(sel.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition, not Python)
-            t(deploy_local(model=sel.outputs["chosen"], repository=repository, model_name=model_name),
-              cache=False)
+            # local: the next version in `repository`; vertex: Model Registry + endpoint
+            target.deploy(model=sel.outputs["chosen"], repository=repository, model_name=model_name)
 
     return optimise

@@ -4,7 +4,6 @@ from kfp import dsl
 
 from components.dataset import make_dataset
 from components.export_onnx import export_onnx
-from components.train import train
 from pipelines.targets import Target
 
 
@@ -27,10 +26,11 @@ def build(target: Target):
     ):
         data_task = target.apply(make_dataset(source=source, label_column=label_column,
                                               image_size=image_size, seed=seed))
-        train_task = target.apply(train(
+        # local: the train component; vertex: distributed-train as a custom job over worker pools
+        train_task = target.train(
             dataset=data_task.outputs["dataset"], architecture=architecture, model_args=model_args,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-            weight_decay=weight_decay, seed=seed, patience=patience, device=device))
+            weight_decay=weight_decay, seed=seed, patience=patience, device=device)
         target.apply(export_onnx(model=train_task.outputs["model"],
                                  dataset=data_task.outputs["dataset"]))
 

@@ -1,0 +1,81 @@
+"""Retraining: train a challenger (from scratch, or warm-started from the champion's weights)
+and score it beside the deployed champion on the same test split, for the blessing rule in
+`modelpress.selection`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+from . import comparison, models, repository, training
+from .data import load_dataset
+from .errors import ModelpressError
+from .kfp_io import timed
+
+
+def _check_compatible(spec: dict, ds, warm_start: str) -> None:
+    args = spec.get("args", {})
+    shape = [int(d) for d in args.get("input_shape", [])]
+    classes = (spec.get("info") or {}).get("class_names")
+    problems = []
+    if shape != list(ds.feature_shape):
+        problems.append(f"input shape {shape} vs the dataset's {list(ds.feature_shape)}")
+    if int(args.get("num_classes", -1)) != len(ds.class_names) or classes and list(classes) != ds.class_names:
+        problems.append(f"classes {classes or args.get('num_classes')} vs the dataset's {ds.class_names}")
+    if problems:
+        raise ModelpressError(f"cannot warm start from {warm_start}: {'; '.join(problems)}. Train from scratch "
+                              "(warm_start: \"\") or warm start from a model trained on data of this shape")
+
+
+@timed
+def train_challenger(dataset_dir: str, out_dir: str, *, warm_start: str = "", architecture: str = "cnn",
+                     model_args: dict | None = None, settings: training.TrainSettings | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+    """Train the challenger; with `warm_start` (a torch model artifact) start from its weights.
+
+    A warm start keeps the champion's architecture (its spec.json, pruned widths included);
+    `architecture` and `model_args` apply to training from scratch only.
+    """
+    if not warm_start:
+        return training.train(dataset_dir, out_dir, architecture=architecture, model_args=model_args,
+                              settings=settings, log=log)
+    settings = (settings or training.TrainSettings()).validate()
+    ds = load_dataset(dataset_dir)
+    model, spec = models.load_model(warm_start)
+    _check_compatible(spec, ds, warm_start)
+    n_classes = len(ds.class_names)
+    start = training.evaluate(model, ds.test.x, ds.test.y, n_classes)
+    log(f"[train-challenger] warm start from {warm_start} ({spec['architecture']}, "
+        f"{models.count_params(model):,} parameters): test accuracy {start['accuracy']:.4f} before training")
+    fitted = training.fit(model, ds, settings, log=log, label="train-challenger")
+    test = training.evaluate(model, ds.test.x, ds.test.y, n_classes, fitted["device"])
+    models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings), "class_names": ds.class_names,
+                                                   "warm_start": warm_start})
+    log(f"[train-challenger] test accuracy {test['accuracy']:.4f} (from {start['accuracy']:.4f})")
+    metadata = {"framework": "pytorch", "architecture": spec["architecture"], "params": models.count_params(model),
+                "accuracy": test["accuracy"], "precision": "fp32", "input_shape": list(ds.feature_shape),
+                "class_names": ds.class_names, "warm_start": warm_start}
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "warm_start_accuracy": start["accuracy"],
+               "best_val_loss": fitted["best_val_loss"], "epochs_run": fitted["epochs_run"],
+               "wall_seconds": fitted["seconds"]}
+    return {"metadata": metadata, "metrics": metrics,
+            "confusion_matrix": {"class_names": ds.class_names, "matrix": test["confusion_matrix"]}}
+
+
+def score(dataset_dir: str, torch_model: str, onnx_model: str, out_json: str, *, champion_repository: str = "",
+          model_name: str = "digits", threads: int = 2, window_seconds: float = 0.2, max_windows: int = 5,
+          log: Callable[[str], None] = print) -> dict:
+    """Challenger (torch fp32 as the baseline, its ONNX export as the candidate) and the champion,
+    the latest version in `champion_repository`, measured side by side on the same test split."""
+    variants = [{"name": "challenger torch fp32", "path": torch_model, "kind": "torch", "role": "baseline"},
+                {"name": "challenger onnx fp32", "path": onnx_model, "kind": "onnx", "role": "candidate"}]
+    champion = repository.latest(champion_repository, model_name) if champion_repository else None
+    if champion is not None:
+        variants.append({"name": f"champion v{champion.name}", "path": str(champion), "kind": "onnx",
+                         "role": "champion"})
+    else:
+        log(f"[score] no champion {model_name!r} in {champion_repository or '(no repository)'}: "
+            "the accuracy floor alone decides")
+    return comparison.benchmark(variants, dataset_dir, out_json, threads=threads, window_seconds=window_seconds,
+                                max_windows=max_windows, log=log)

@@ -1,0 +1,120 @@
+"""Compile a pipeline and run it on Vertex AI Pipelines, now or on a schedule.
+
+    python pipelines/submit.py <pipeline> [--config configs/vertex.yaml] [--set key=value ...]
+                               [--schedule CRON [--schedule-name NAME] [--max-concurrent-runs N]]
+                               [--image-tag TAG] [--dry-run]
+    python pipelines/submit.py --schedules configs/schedules.yaml [--config configs/vertex.yaml] [--dry-run]
+
+Without --schedule: one PipelineJob (project, region, pipeline root, service account, labels,
+caching and parameter values from the config). With --schedule or --schedules: the
+PipelineJobSchedule with that display name is created, or updated in place when it exists
+(cron, concurrency and the pipeline itself), so running the command again never duplicates it.
+The cron names its time zone: "TZ=Europe/Brussels 0 3 * * 1".
+
+--dry-run prints the exact requests as JSON on stdout and sends nothing; it needs no
+credentials. Images: GIT_SHA in the config becomes --image-tag, else `git rev-parse --short HEAD`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    import _bootstrap  # noqa: F401  (sys.path: repository root first)
+
+from modelpress import vertex
+from modelpress.config import parse_overrides
+from modelpress.errors import ModelpressError
+from pipelines import settings
+from pipelines.compile import compile_pipeline
+from pipelines.registry import PIPELINES
+
+
+def _plan(args, cfg) -> list[dict]:
+    """One entry per PipelineJob to build: pipeline, parameters, and the schedule if any."""
+    if args.schedules:
+        return [{"pipeline": s["pipeline"], "parameters": s["parameters"],
+                 "schedule": {k: s[k] for k in ("display_name", "cron", "max_concurrent_run_count")}}
+                for s in settings.load_schedules(args.schedules, cfg)]
+    params = cfg.pipeline_parameters(args.pipeline, parse_overrides(args.overrides))
+    schedule = None
+    if args.schedule:
+        schedule = {"display_name": args.schedule_name or f"modelpress-{args.pipeline}",
+                    "cron": vertex.check_cron(args.schedule, "--schedule"),
+                    "max_concurrent_run_count": args.max_concurrent_runs}
+    return [{"pipeline": args.pipeline, "parameters": params, "schedule": schedule}]
+
+
+def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[dict]:
+    """Compile, build the jobs, then send (or, with --dry-run, only describe) the requests."""
+    cfg = settings.load("vertex", args.config, image_tag=args.image_tag)
+    plan = _plan(args, cfg)
+    credentials = None
+    if args.dry_run:  # the SDK resolves credentials when it builds a resource; give it ones that never call
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()
+    target, out = cfg.target, []
+    for item in plan:
+        template = compile_pipeline(item["pipeline"], target, args.output_dir)
+        log(f"compiled {template} (images tagged {cfg.image_tag or 'as configured'})")
+        job = vertex.pipeline_job(str(template), display_name=item["pipeline"], project=target.project,
+                                  location=target.region, pipeline_root=cfg.pipeline_root,
+                                  parameter_values=item["parameters"], enable_caching=cfg.enable_caching,
+                                  labels=cfg.labels, job_id=args.job_id, credentials=credentials)
+        if args.dry_run:
+            out += vertex.planned_requests(job, service_account=cfg.service_account, schedule=item["schedule"])
+        elif item["schedule"]:
+            action, schedule = vertex.apply_schedule(job, service_account=cfg.service_account, log=log,
+                                                     **item["schedule"])
+            out.append({"action": action, "schedule": schedule.name})
+        else:
+            created = vertex.submit(job, service_account=cfg.service_account, log=log)
+            out.append({"action": "submitted", "pipeline_job": created.name})
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", nargs="?", choices=sorted(PIPELINES))
+    parser.add_argument("--config", default=str(settings.CONFIG_DIR / "vertex.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one pipeline parameter (value parsed as YAML); repeatable")
+    parser.add_argument("--schedule", metavar="CRON", help='create or update a schedule, e.g. "TZ=Europe/Brussels 0 3 * * 1"')
+    parser.add_argument("--schedule-name", help="the schedule's display name (default: modelpress-<pipeline>)")
+    parser.add_argument("--max-concurrent-runs", type=int, default=1)
+    parser.add_argument("--schedules", metavar="YAML", help="apply every schedule in this file (configs/schedules.yaml)")
+    parser.add_argument("--image-tag", help="replaces GIT_SHA in the configured images (default: git HEAD)")
+    parser.add_argument("--job-id", help="the PipelineJob id (default: <pipeline>-<timestamp>)")
+    parser.add_argument("--output-dir", type=Path, default=settings.ROOT / "build" / "pipelines",
+                        help="where the compiled templates are written")
+    parser.add_argument("--dry-run", action="store_true", help="print the requests as JSON; send nothing")
+    args = parser.parse_args(argv)
+    if bool(args.pipeline) == bool(args.schedules):
+        parser.error("name a pipeline, or give --schedules FILE (not both)")
+    if args.schedules and (args.schedule or args.overrides):
+        parser.error("--schedules takes cron and parameters from its file: drop --schedule/--set")
+    from google.api_core import exceptions as api_exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        result = run(args)
+    except ModelpressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except auth_exceptions.DefaultCredentialsError as exc:
+        print(f"error: no Google Cloud credentials ({exc}). Run `gcloud auth application-default login` or set "
+              "GOOGLE_APPLICATION_CREDENTIALS; --dry-run needs none.", file=sys.stderr)
+        return 2
+    except api_exceptions.GoogleAPICallError as exc:
+        print(f"error: Vertex AI refused the request: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
