@@ -14,7 +14,7 @@ configured image is replaced by the tag given, ``:latest`` and untagged images a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 from .errors import ModelpressError
@@ -115,10 +115,6 @@ def check_accelerator(accelerator_type: str, accelerator_count: int, where: str)
         raise ModelpressError(f"{where}: unknown accelerator_type {accelerator_type!r}; choose one of {known}")
     if accelerator_count < 1:
         raise ModelpressError(f"{where}: accelerator_type {accelerator_type} needs accelerator_count >= 1")
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]
 
 
 def traffic_split(current: dict[str, int], percent: int) -> dict[str, int]:

@@ -83,10 +83,12 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(settings.CONFIG_DIR / "vertex.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one pipeline parameter (value parsed as YAML); repeatable")
-    parser.add_argument("--schedule", metavar="CRON", help='create or update a schedule, e.g. "TZ=Europe/Brussels 0 3 * * 1"')
+    parser.add_argument("--schedule", metavar="CRON",
+                        help='create or update a schedule, e.g. "TZ=Europe/Brussels 0 3 * * 1"')
     parser.add_argument("--schedule-name", help="the schedule's display name (default: modelpress-<pipeline>)")
     parser.add_argument("--max-concurrent-runs", type=int, default=1)
-    parser.add_argument("--schedules", metavar="YAML", help="apply every schedule in this file (configs/schedules.yaml)")
+    parser.add_argument("--schedules", metavar="YAML",
+                        help="apply every schedule in this file (configs/schedules.yaml)")
     parser.add_argument("--image-tag", help="replaces GIT_SHA in the configured images (default: git HEAD)")
     parser.add_argument("--job-id", help="the PipelineJob id (default: <pipeline>-<timestamp>)")
     parser.add_argument("--output-dir", type=Path, default=settings.ROOT / "build" / "pipelines",

@@ -35,7 +35,8 @@ class FakeVertex:
 
     def list_schedules(self, request):
         self.calls.append(("list_schedules", request))
-        return [types.Schedule(s) for s in self.schedules.values() if request.filter == f'display_name="{s.display_name}"']
+        return [types.Schedule(s) for s in self.schedules.values()
+                if request.filter == f'display_name="{s.display_name}"']
 
     def create_schedule(self, request):
         self.calls.append(("create_schedule", request))

@@ -48,7 +48,8 @@ def test_training_runs_distributed_train_as_a_custom_job_with_the_configured_wor
     pools = inputs["worker_pool_specs"]["defaultValue"]
     assert [p["replica_count"] for p in pools] == [1, job["replica_count"] - 1]
     for pool in pools:
-        assert pool["machine_spec"] == {"machine_type": job["machine_type"], "accelerator_type": job["accelerator_type"],
+        assert pool["machine_spec"] == {"machine_type": job["machine_type"],
+                                        "accelerator_type": job["accelerator_type"],
                                         "accelerator_count": job["accelerator_count"]}
         assert pool["container_spec"]["image_uri"] == "europe-west4-docker.pkg.dev/my-project/modelpress/gpu:abc1234"
         assert "distributed_train" in pool["container_spec"]["args"]
@@ -91,7 +92,8 @@ def test_the_deploy_step_follows_the_target(compiled, tmp_path):
         (gate,) = [t for t in spec["root"]["dag"]["tasks"].values()
                    if "deploy-vertex" in spec["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {})]
         assert gate["triggerPolicy"]["condition"].endswith("== true")
-        deploy = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]["deploy-vertex"]["inputs"]["parameters"]
+        gated = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+        deploy = gated["deploy-vertex"]["inputs"]["parameters"]
         constant = {k: v["runtimeValue"]["constant"] for k, v in deploy.items() if "runtimeValue" in v}
         assert constant == {"project": "my-project", "location": "europe-west4",
                             "serve_image": "europe-west4-docker.pkg.dev/my-project/modelpress/serve:abc1234",
@@ -140,7 +142,8 @@ class FakeVertex:
 
     def list_endpoints(self, request):
         self.calls.append(("list_endpoints", request))
-        return [types.Endpoint(e) for e in self.endpoints.values() if request.filter == f'display_name="{e.display_name}"']
+        return [types.Endpoint(e) for e in self.endpoints.values()
+                if request.filter == f'display_name="{e.display_name}"']
 
     def create_endpoint(self, request):
         self.calls.append(("create_endpoint", request))
@@ -162,7 +165,8 @@ class FakeVertex:
     def undeploy_model(self, request):
         self.calls.append(("undeploy_model", request))
         endpoint = self.endpoints[request.endpoint]
-        assert not endpoint.traffic_split.get(request.deployed_model_id), "Vertex refuses to undeploy a model with traffic"
+        # Vertex refuses to undeploy a model that still has traffic
+        assert not endpoint.traffic_split.get(request.deployed_model_id)
         kept = [d for d in endpoint.deployed_models if d.id != request.deployed_model_id]
         del endpoint.deployed_models[:]
         endpoint.deployed_models.extend(kept)
