@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all compile clean bench-compression serve bench-serving
+.PHONY: help install demo test test-all compile clean bench-compression bench-distributed serve bench-serving
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -39,6 +39,9 @@ clean: ## Remove build outputs and local runs (keeps .venv)
 
 bench-compression: $(STAMP) ## Measure every compression variant of the reference model (~15 min)
 	$(PY) benchmarks/compression.py --config configs/compression.yaml
+
+bench-distributed: $(STAMP) ## DDP throughput for 1..cores processes, scaling efficiency, gradient bytes (~2 min)
+	$(PY) benchmarks/distributed.py
 
 serve: $(STAMP) ## Serve model_repository/ (what the demo deployed) on 127.0.0.1:8000, metrics on :8002
 	$(VENV)/bin/modelpress serve --repository model_repository

@@ -11,6 +11,7 @@ distributed metrics. Every other node's `train` returns None and writes nothing.
 Strategies:
 - ``ddp``: every process holds the whole model and trains on its share of each global
   batch; DistributedDataParallel averages the gradients (gloo on CPU, NCCL on GPU).
+  Batch norm uses each process's share on CPU, the global batch (SyncBatchNorm) on GPU.
 - ``pipeline``: the model is cut into one stage per process (`torch.distributed.pipelining`),
   each global batch is split into micro-batches and run by a GPipe or 1F1B schedule.
 """
@@ -59,6 +60,7 @@ class Layout:
     backend: str = "auto"  # auto: nccl with CUDA, else gloo
     microbatches: int = 4  # pipeline only
     schedule: str = "gpipe"  # pipeline only
+    threads_per_process: int = 0  # torch threads in each process; 0: this node's cores / processes
     rendezvous_timeout: int = 900  # seconds to wait for every node to join
 
     def validate(self) -> "Layout":
@@ -66,7 +68,7 @@ class Layout:
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         for name, low in (("nproc_per_node", 0), ("nnodes", 1), ("node_rank", 0), ("microbatches", 1),
-                          ("rendezvous_timeout", 1)):
+                          ("threads_per_process", 0), ("rendezvous_timeout", 1)):
             value = getattr(self, name)
             if not _whole(value) or value < low:
                 problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -316,7 +318,7 @@ def plan(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_arg
     return Job(dataset_dir=str(dataset_dir), out_dir=str(out_dir), architecture=architecture,
                model_args=dict(model_args or {}), settings=settings, layout=layout, nodes=nodes,
                nproc_per_node=nproc, device_type=device_type, backend=backend,
-               threads=max(1, cpu_cores() // nproc), verbose=verbose)
+               threads=layout.threads_per_process or max(1, cpu_cores() // nproc), verbose=verbose)
 
 
 def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_args: dict | None = None,

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +136,19 @@ def test_bad_layouts_are_refused_before_any_process_starts(tmp_path, kwargs, set
     assert not (tmp_path / "out").exists()
 
 
+def test_plan_counts_processes_over_nodes_and_threads_per_process(tmp_path):
+    env = {"CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["m:7"], "workerpool1": ["w:7"]},
+                                       "task": {"type": "workerpool1", "index": 0}})}
+    job = distributed.plan(str(tmp_path), str(tmp_path / "out"), settings=training.TrainSettings(device="cpu"),
+                           layout=distributed.Layout(nproc_per_node=2), environ=env)
+    assert (job.world_size, job.nodes.node_rank, job.backend) == (4, 1, "gloo")
+    assert job.threads == max(1, distributed.cpu_cores() // 2)
+    settings = training.TrainSettings(batch_size=8 * distributed.cpu_cores(), device="cpu")
+    auto = distributed.plan(str(tmp_path), str(tmp_path / "out"), settings=settings,
+                            layout=distributed.Layout(threads_per_process=3), environ={})
+    assert (auto.nproc_per_node, auto.threads) == (distributed.cpu_cores(), 3)  # one process per core
+
+
 # ------------------------------------------------------------ real process groups
 
 def test_ddp_two_processes_end_with_the_weights_of_one(even_dir, tmp_path):
@@ -145,9 +157,9 @@ def test_ddp_two_processes_end_with_the_weights_of_one(even_dir, tmp_path):
     args = {"architecture": "mlp", "model_args": {"hidden": [32], "dropout": 0.0}, "settings": settings}
     one = distributed.train(even_dir, str(tmp_path / "one"), layout=layout(nproc_per_node=1), **args, **QUIET)
     two = distributed.train(even_dir, str(tmp_path / "two"), layout=layout(nproc_per_node=2), **args, **QUIET)
-    w1, w2 = load_file(str(tmp_path / "one" / models.WEIGHTS_FILE)), load_file(str(tmp_path / "two" / models.WEIGHTS_FILE))
+    w1, w2 = (load_file(str(tmp_path / run / models.WEIGHTS_FILE)) for run in ("one", "two"))
     _, spec = models.load_model(str(tmp_path / "two"))
-    initial = {k: v for k, v in _seeded_model(spec, settings.seed).state_dict().items()}
+    initial = _seeded_model(spec, settings.seed).state_dict()
     assert max((w1[k] - initial[k]).abs().max().item() for k in w1) > 1e-2  # training moved the weights
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
     m = two["metrics"]
@@ -181,8 +193,8 @@ def test_two_nodes_from_cluster_spec_only_rank_zero_writes(digits_dir, tmp_path)
     procs = []
     for node, task in enumerate([{"type": "workerpool0", "index": 0}, {"type": "workerpool1", "index": 0}]):
         env = {**os.environ, "CLUSTER_SPEC": json.dumps({"cluster": cluster, "task": task})}
-        procs.append(subprocess.Popen([sys.executable, "-c", TWO_NODE_SCRIPT, digits_dir, str(tmp_path / f"node{node}")],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd = [sys.executable, "-c", TWO_NODE_SCRIPT, digits_dir, str(tmp_path / f"node{node}")]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=180) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
