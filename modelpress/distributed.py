@@ -329,6 +329,9 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_ar
 
     `verbose` False silences the workers' per-epoch lines (rank 0 prints them otherwise).
     """
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -339,17 +342,19 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_ar
     log(f"[{LABEL}] {job.layout.strategy}: node {n.node_rank} of {n.nnodes}, {job.nproc_per_node} "
         f"process(es) here, world size {job.world_size}, {job.backend} on {job.device_type}, "
         f"{job.threads} thread(s) each, master {n.master_addr}:{n.master_port}")
-    config = LaunchConfig(
-        min_nodes=n.nnodes, max_nodes=n.nnodes, nproc_per_node=job.nproc_per_node, run_id=RUN_ID,
-        # static rendezvous: node ranks are known (torchrun --node-rank), node 0 hosts the store
-        rdzv_backend="static", rdzv_endpoint=f"{n.master_addr}:{n.master_port}",
-        rdzv_configs={"rank": n.node_rank, "timeout": job.layout.rendezvous_timeout},
-        max_restarts=0,  # a failed step fails the same way again: report it instead
-        monitor_interval=0.1, start_method="spawn")
-    try:
-        outputs = elastic_launch(config, worker)(job)
-    except ChildFailedError as exc:
-        raise ModelpressError(failure_message(exc)) from None
+    # the launcher's per-worker error files go here, and go when the run ends (failures read them first)
+    with tempfile.TemporaryDirectory(prefix="modelpress-launch-") as launch_dir:
+        config = LaunchConfig(
+            min_nodes=n.nnodes, max_nodes=n.nnodes, nproc_per_node=job.nproc_per_node, run_id=RUN_ID,
+            # static rendezvous: node ranks are known (torchrun --node-rank), node 0 hosts the store
+            rdzv_backend="static", rdzv_endpoint=f"{n.master_addr}:{n.master_port}",
+            rdzv_configs={"rank": n.node_rank, "timeout": job.layout.rendezvous_timeout},
+            max_restarts=0,  # a failed step fails the same way again: report it instead
+            monitor_interval=0.1, start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=launch_dir))
+        try:
+            outputs = elastic_launch(config, worker)(job)
+        except ChildFailedError as exc:
+            raise ModelpressError(failure_message(exc)) from None
     result = outputs.get(0)  # keyed by global rank: only node 0 holds rank 0
     if result is not None:
         result["metrics"]["work_seconds"] = time.perf_counter() - t0
