@@ -18,6 +18,7 @@ Strategies:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -407,8 +408,8 @@ def worker(job: Job) -> dict | None:
         torch.cuda.set_device(device)
     dist.init_process_group(job.backend)
     me = _Rank(rank, local_rank, dist.get_world_size(), device,
-               log=print if rank == 0 and job.verbose else (lambda _msg: None))
-    # Each rank trains its own copy: a device id here keeps the settings' device type only.
+               log=functools.partial(print, flush=True) if rank == 0 and job.verbose else (lambda _msg: None))
+    # the settings chose the device type; each rank takes its own device (cuda:<local rank>)
     job = replace(job, settings=replace(job.settings, device=str(device)))
     try:
         run = _train_ddp if job.layout.strategy == "ddp" else _train_pipeline
