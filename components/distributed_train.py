@@ -20,7 +20,7 @@ def distributed_train(
     seed: int = 0,
     patience: int = 5,
     device: str = "auto",
-    strategy: str = "ddp",
+    parallelism: str = "ddp",
     nproc_per_node: int = 0,
     nnodes: int = 1,
     node_rank: int = 0,
@@ -32,18 +32,18 @@ def distributed_train(
 ):
     """Train like `train`, across processes and machines: DDP or pipeline parallelism.
 
-    strategy: "ddp" (data parallel) or "pipeline" (model split into stages).
+    parallelism: "ddp" (data parallel) or "pipeline" (model split into stages).
     nproc_per_node: 0 = one per GPU, else one per CPU core. batch_size is the global batch.
     CLUSTER_SPEC (set by Vertex on every replica) overrides nnodes/node_rank/master_addr.
     backend: "auto" = nccl with CUDA, else gloo. microbatches/schedule ("gpipe" | "1f1b"):
-    pipeline strategy only. Only the global rank 0 writes the model and metrics.
+    pipeline parallelism only. Only the global rank 0 writes the model and metrics.
     """
     from modelpress import distributed, kfp_io, training
 
     settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                       optimizer=optimizer, weight_decay=weight_decay, seed=seed,
                                       patience=patience, device=device)
-    layout = distributed.Layout(strategy=strategy, nproc_per_node=nproc_per_node, nnodes=nnodes,
+    layout = distributed.Layout(parallelism=parallelism, nproc_per_node=nproc_per_node, nnodes=nnodes,
                                 node_rank=node_rank, master_addr=master_addr, master_port=master_port,
                                 backend=backend, microbatches=microbatches, schedule=schedule)
     result = distributed.train(dataset.path, model.path, architecture=architecture,

@@ -52,7 +52,7 @@ LABEL = "distributed-train"
 class Layout:
     """How to spread training over processes and machines (the component's parameters)."""
 
-    strategy: str = "ddp"
+    parallelism: str = "ddp"  # "ddp" | "pipeline" (not "strategy": a Vertex CustomJob field)
     nproc_per_node: int = 0  # 0: one per GPU, else one per CPU core
     nnodes: int = 1
     node_rank: int = 0
@@ -66,8 +66,8 @@ class Layout:
 
     def validate(self) -> "Layout":
         problems = []
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if self.parallelism not in STRATEGIES:
+            problems.append(f"parallelism must be one of {list(STRATEGIES)}, got {self.parallelism!r}")
         for name, low in (("nproc_per_node", 0), ("nnodes", 1), ("node_rank", 0), ("microbatches", 1),
                           ("threads_per_process", 0), ("rendezvous_timeout", 1)):
             value = getattr(self, name)
@@ -202,7 +202,7 @@ def pipeline_layers(model: nn.Module) -> list[tuple[str | None, nn.Module]]:
                    ("classifier", model.classifier)])
     raise ModelpressError(f"pipeline parallelism cannot cut a {type(model).__name__} into stages; "
                           "it knows sequential models (mlp) and the cnn/mobilenet_v2 layout. "
-                          "Use strategy 'ddp' for this architecture.")
+                          "Use parallelism 'ddp' for this architecture.")
 
 
 def balance(costs: list[float], stages: int, cuttable: list[int] | None = None) -> list[tuple[int, int]]:
@@ -215,7 +215,7 @@ def balance(costs: list[float], stages: int, cuttable: list[int] | None = None) 
     if stages - 1 > len(allowed):
         raise ModelpressError(f"the model can be cut in {len(allowed) + 1} stages at most, fewer than "
                               f"{stages} processes; run at most {len(allowed) + 1} processes in all "
-                              "(nproc_per_node x nodes) for the pipeline strategy")
+                              "(nproc_per_node x nodes) for pipeline parallelism")
     prefix = list(itertools.accumulate(costs))
     cuts = [0]
     for k in range(1, stages):
@@ -308,12 +308,12 @@ def plan(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_arg
                               "GPU(s); use 0 (one per GPU) or at most the GPU count")
     world = nodes.nnodes * nproc
     batch = settings.batch_size
-    if layout.strategy == "ddp" and batch % world:
+    if layout.parallelism == "ddp" and batch % world:
         raise ModelpressError(
             f"batch_size {batch} is the global batch and must split evenly over the {world} "
             f"process(es) ({nodes.nnodes} node(s) x {nproc}); use a multiple of {world}, e.g. "
             f"{max(world, batch // world * world)}, or change nproc_per_node")
-    if layout.strategy == "pipeline" and batch % layout.microbatches:
+    if layout.parallelism == "pipeline" and batch % layout.microbatches:
         raise ModelpressError(f"batch_size {batch} must split evenly into {layout.microbatches} "
                               f"micro-batches; use a multiple of {layout.microbatches}")
     return Job(dataset_dir=str(dataset_dir), out_dir=str(out_dir), architecture=architecture,
@@ -340,7 +340,7 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_ar
     job = plan(dataset_dir, out_dir, architecture=architecture, model_args=model_args, settings=settings,
                layout=layout, environ=environ, verbose=verbose)
     n = job.nodes
-    log(f"[{LABEL}] {job.layout.strategy}: node {n.node_rank} of {n.nnodes}, {job.nproc_per_node} "
+    log(f"[{LABEL}] {job.layout.parallelism}: node {n.node_rank} of {n.nnodes}, {job.nproc_per_node} "
         f"process(es) here, world size {job.world_size}, {job.backend} on {job.device_type}, "
         f"{job.threads} thread(s) each, master {n.master_addr}:{n.master_port}")
     # the launcher's per-worker error files go here, and go when the run ends (failures read them first)
@@ -412,7 +412,7 @@ def worker(job: Job) -> dict | None:
     # the settings chose the device type; each rank takes its own device (cuda:<local rank>)
     job = replace(job, settings=replace(job.settings, device=str(device)))
     try:
-        run = _train_ddp if job.layout.strategy == "ddp" else _train_pipeline
+        run = _train_ddp if job.layout.parallelism == "ddp" else _train_pipeline
         return run(job, me)
     finally:
         dist.destroy_process_group()
@@ -581,7 +581,7 @@ def _per_rank(name: str, values: list[float]) -> dict:
 
 def _with(result: dict, metrics: dict, job: Job) -> dict:
     result["metrics"].update(metrics)
-    result["metadata"].update({"training_strategy": job.layout.strategy, "world_size": job.world_size})
+    result["metadata"].update({"parallelism": job.layout.parallelism, "world_size": job.world_size})
     return result
 
 

@@ -111,44 +111,21 @@ def _training_job_op(target: Target):
     component.component_spec.implementation.container.image = job.image or target.image
     job_args = dict(display_name="distributed-train", replica_count=job.replica_count,
                     machine_type=job.machine_type, service_account=target.service_account,
-                    labels=dict(target.labels), strategy="STANDARD")
+                    labels=dict(target.labels))
     if job.accelerator_type:
         job_args.update(accelerator_type=job.accelerator_type, accelerator_count=job.accelerator_count)
     op = create_custom_training_job_from_component(component, **job_args)
-    return _separate_clashing_inputs(op, component, job_args)
+    return _check_no_clashing_inputs(op, component)
 
 
-def _separate_clashing_inputs(op, component, job_args: dict):
-    """Give the CustomJob's own inputs that share a name with the component's a name of their own.
-
-    GCPC merges the component's inputs over the CustomJob's, and the CustomJob request reads
-    the merged value: distributed-train's `strategy` ("ddp") would be sent as the job's
-    scheduling strategy, which Vertex rejects. The renamed input keeps the CustomJob's value.
-    """
-    import yaml
-    from google.protobuf import json_format
+def _check_no_clashing_inputs(op, component):
+    """GCPC merges the component's inputs over the CustomJob's, and the job request reads the
+    merged value: a component input named like a CustomJob field (say `strategy`) would be
+    sent to Vertex as that field. Refuse at compile time rather than at submission."""
     from google_cloud_pipeline_components.v1.custom_job.component import custom_training_job
-    from kfp import components
 
     clashes = sorted(set(custom_training_job.component_spec.inputs) & set(component.component_spec.inputs))
-    if not clashes:
-        return op
-    (own,) = json_format.MessageToDict(custom_training_job.pipeline_spec)["components"].values()
-    spec = yaml.safe_load(op.component_yaml)
-    (comp_spec,) = spec["components"].values()
-    (executor,) = spec["deploymentSpec"]["executors"].values()
-    (task,) = spec["root"]["dag"]["tasks"].values()
-    for name in clashes:
-        renamed = f"custom_job_{name}"
-        container = executor["container"]
-        container["args"] = [a.replace(f"{{{{$.inputs.parameters['{name}']}}}}",
-                                       f"{{{{$.inputs.parameters['{renamed}']}}}}") for a in container["args"]]
-        definition = dict(own["inputDefinitions"]["parameters"][name], isOptional=True)
-        if name in job_args:
-            definition["defaultValue"] = job_args[name]
-        comp_spec["inputDefinitions"]["parameters"][renamed] = definition
-        spec["root"]["inputDefinitions"]["parameters"][renamed] = dict(definition)
-        task["inputs"]["parameters"][renamed] = {"componentInputParameter": renamed}
-    separated = components.load_component_from_text(yaml.safe_dump(spec))
-    separated.component_spec.name, separated.description = op.component_spec.name, op.description
-    return separated
+    if clashes:
+        raise ModelpressError(f"distributed-train inputs {clashes} share names with Vertex CustomJob fields; "
+                              "rename them in components/distributed_train.py")
+    return op

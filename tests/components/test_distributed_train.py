@@ -32,10 +32,10 @@ def test_two_process_ddp_component_feeds_export_onnx(digits_dir, tmp_path):
     distributed_train.python_func(
         dataset=ds, **out, architecture="cnn", model_args={"channels": [8.0, 16.0]}, epochs=3,
         batch_size=64, learning_rate=5e-3, optimizer="adamw", weight_decay=1e-4, seed=0, patience=2,
-        device="auto", strategy="ddp", nproc_per_node=2, nnodes=1, node_rank=0, master_addr="127.0.0.1",
+        device="auto", parallelism="ddp", nproc_per_node=2, nnodes=1, node_rank=0, master_addr="127.0.0.1",
         master_port=_free_port(), backend="auto", microbatches=4, schedule="gpipe")
     model, metrics, cls = out["model"], out["metrics"], out["classification"]
-    assert model.metadata["architecture"] == "cnn" and model.metadata["training_strategy"] == "ddp"
+    assert model.metadata["architecture"] == "cnn" and model.metadata["parallelism"] == "ddp"
     assert model.metadata["world_size"] == 2 and 0.5 < model.metadata["accuracy"] <= 1.0
     for key in ("test_accuracy", "samples_per_s", "train_samples_per_s", "step_ms_rank0", "step_ms_rank1",
                 "allreduce_bytes_per_step", "training_flops", "achieved_flops_per_s", "work_seconds"):
@@ -49,13 +49,13 @@ def test_two_process_ddp_component_feeds_export_onnx(digits_dir, tmp_path):
     assert onnx_metrics.metadata["test_accuracy"] == pytest.approx(metrics.metadata["test_accuracy"], abs=0.003)
 
 
-def test_component_refuses_an_unknown_strategy_before_launching(digits_dir, tmp_path):
+def test_component_refuses_an_unknown_parallelism_before_launching(digits_dir, tmp_path):
     out = _outputs(tmp_path)
-    with pytest.raises(ModelpressError, match="strategy must be one of"):
+    with pytest.raises(ModelpressError, match="parallelism must be one of"):
         distributed_train.python_func(
             dataset=_art(Dataset, digits_dir), **out, architecture="cnn", model_args={}, epochs=1,
             batch_size=64, learning_rate=1e-3, optimizer="adamw", weight_decay=0.0, seed=0, patience=0,
-            device="auto", strategy="fsdp", nproc_per_node=2, nnodes=1, node_rank=0,
+            device="auto", parallelism="fsdp", nproc_per_node=2, nnodes=1, node_rank=0,
             master_addr="127.0.0.1", master_port=_free_port(), backend="auto", microbatches=4,
             schedule="gpipe")
     assert not (tmp_path / "model").exists() and not (tmp_path / "metrics").exists()
@@ -72,7 +72,7 @@ def test_runs_in_a_kfp_local_pipeline(tmp_path):
     def check(port: int):
         dataset = make_dataset(source="digits").outputs["dataset"]
         distributed_train(dataset=dataset, architecture="mlp", model_args={"hidden": [32]}, epochs=2,
-                          nproc_per_node=2, master_port=port, strategy="pipeline", schedule="1f1b",
+                          nproc_per_node=2, master_port=port, parallelism="pipeline", schedule="1f1b",
                           microbatches=2)
 
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"))
@@ -82,5 +82,5 @@ def test_runs_in_a_kfp_local_pipeline(tmp_path):
     outputs = json.loads(next(task_dir.glob("**/executor_output.json")).read_text())["artifacts"]
     model = outputs["model"]["artifacts"][0]["metadata"]
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
-    assert model["training_strategy"] == "pipeline" and model["pipeline_schedule"] == "1f1b"
+    assert model["parallelism"] == "pipeline" and model["pipeline_schedule"] == "1f1b"
     assert metrics["bubble_fraction"] == pytest.approx(1 / 3)  # 2 stages, 2 micro-batches

@@ -120,12 +120,12 @@ def test_balance_cuts_near_equal_runs_where_allowed():
 
 
 @pytest.mark.parametrize("kwargs, settings, problem", [
-    ({"strategy": "zero"}, {}, "strategy must be one of"),
+    ({"parallelism": "zero"}, {}, "parallelism must be one of"),
     ({"node_rank": 2, "nnodes": 2}, {}, "node_rank 2 must be below nnodes 2"),
     ({"master_port": 0}, {}, "master_port"),
     ({"schedule": "zb"}, {}, "schedule must be one of"),
     ({"nproc_per_node": 3}, {"batch_size": 64}, "must split evenly over the 3 process"),
-    ({"strategy": "pipeline", "microbatches": 3, "nproc_per_node": 2}, {"batch_size": 64},
+    ({"parallelism": "pipeline", "microbatches": 3, "nproc_per_node": 2}, {"batch_size": 64},
      "into 3 micro-batches"),
     ({"backend": "nccl", "nproc_per_node": 1}, {"device": "cpu"}, "nccl' needs CUDA"),
 ])
@@ -168,7 +168,7 @@ def test_ddp_two_processes_end_with_the_weights_of_one(even_dir, tmp_path):
     assert m["ring_bytes_sent_per_rank_per_step"] == m["allreduce_bytes_per_step"]  # 2 (w-1)/w = 1 at w=2
     assert m["step_ms_rank0"] > 0 and m["step_ms_rank1"] > 0 and m["samples_per_s"] > 0
     assert m["training_flops"] == 3 * m["forward_flops_per_example"] * 260 * 2
-    assert two["metadata"]["training_strategy"] == "ddp"
+    assert two["metadata"]["parallelism"] == "ddp"
     assert one["metrics"]["test_loss"] == pytest.approx(m["test_loss"], abs=1e-5)
 
 
@@ -209,7 +209,7 @@ def test_pipeline_two_stages_reach_the_single_process_loss(digits_dir, tmp_path)
     args = {"architecture": "cnn", "model_args": {"channels": [8, 16]}, "settings": settings}
     single = training.train(digits_dir, str(tmp_path / "single"), log=lambda _m: None, **args)["metrics"]
     piped = distributed.train(digits_dir, str(tmp_path / "pipe"), layout=layout(
-        strategy="pipeline", nproc_per_node=2, microbatches=4, schedule="1f1b"), **args, **QUIET)
+        parallelism="pipeline", nproc_per_node=2, microbatches=4, schedule="1f1b"), **args, **QUIET)
     m = piped["metrics"]
     # Same model and settings; the pipeline drops each epoch's partial batch and shuffles in another
     # order, so it lands near, not on, the single-process result: within 0.06 in loss, 3 points accuracy.
@@ -230,7 +230,7 @@ def test_an_error_in_a_worker_surfaces_as_its_message(digits_dir, tmp_path):
     with pytest.raises(ModelpressError, match=r"^the training split has 1167 examples, fewer than one "
                                               r"batch of 2048; lower batch_size$"):
         distributed.train(digits_dir, str(tmp_path / "m"), architecture="mlp", settings=settings,
-                          layout=layout(strategy="pipeline", nproc_per_node=2), **QUIET)
+                          layout=layout(parallelism="pipeline", nproc_per_node=2), **QUIET)
     assert not (tmp_path / "m").exists()
 
 

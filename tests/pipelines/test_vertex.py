@@ -58,15 +58,14 @@ def test_training_runs_distributed_train_as_a_custom_job_with_the_configured_wor
     assert task["project"]["runtimeValue"]["constant"] == "my-project"
     assert task["nproc_per_node"]["runtimeValue"]["constant"] == job["nproc_per_node"]
     assert inputs["service_account"]["defaultValue"] == vertex_cfg.raw["service_account"]
-    # Every input of distributed-train reaches the workers with its own default, and the CustomJob
-    # request reads its scheduling strategy from an input of its own holding a value Vertex accepts
-    # (distributed-train's `strategy` is "ddp": GCPC would otherwise send that).
+    # Every input of distributed-train reaches the workers with its own default, and none of them
+    # is also a CustomJob field (GCPC would send the component's value to Vertex as that field).
     own = distributed_train.component_spec.inputs
     assert {k: inputs[k].get("defaultValue") for k in own if own[k].default is not None} == \
         {k: v.default for k, v in own.items() if v.default is not None}
     payload = next(a for a in executor["args"] if a.startswith('{"display_name"'))
     (scheduling,) = re.findall(r'"strategy": "\{\{\$\.inputs\.parameters\[\'(\w+)\'\]\}\}"', payload)
-    assert inputs[scheduling]["defaultValue"] == "STANDARD"
+    assert scheduling == "strategy" and inputs["strategy"]["defaultValue"] == "STANDARD"
 
 
 def test_the_custom_job_op_is_built_once_per_target():
@@ -362,3 +361,17 @@ def test_git_sha_fills_the_image_tag(tmp_path):
     assert cfg.image_tag == head and cfg.target.image.endswith(f"/cpu:{head}")
     assert cfg.target.serving.serve_image.endswith(f"/serve:{head}")
     assert cfg.target.training_job.image.endswith(f"/gpu:{head}")
+
+
+def test_a_component_input_named_like_a_custom_job_field_is_refused():
+    from kfp import dsl
+
+    from modelpress.errors import ModelpressError
+    from pipelines.targets import _check_no_clashing_inputs
+
+    @dsl.component
+    def clashing(strategy: str = "ddp"):
+        pass
+
+    with pytest.raises(ModelpressError, match=r"\['strategy'\] share names with Vertex CustomJob fields"):
+        _check_no_clashing_inputs(None, clashing)
