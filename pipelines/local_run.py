@@ -209,8 +209,8 @@ def format_summary(summary: dict) -> str:
                              f"{r[f'size_ratio_vs_{key}']:.3f}x the size, accuracy "
                              f"{100 * r[f'accuracy_delta_vs_{key}']:+.2f} points")
         lines.append(f"  report: {res.get('report')}")
-        lines.append(f"  deployed: version {res['deployed_version']}" if res.get("deployed_version")
-                     else "  deployed: nothing (not blessed)")
+        lines.append(f"  deployed: version {res['deployed_version']} (serve it: make serve, then see README "
+                     "'Serving')" if res.get("deployed_version") else "  deployed: nothing (not blessed)")
     lines.append("outputs:")
     for t in summary["tasks"]:
         for name, uri in t["artifacts"].items():
