@@ -226,6 +226,8 @@ class Scheduler:
         self.closed = True  # from here on, infer() sends callers back to the store
         self._task.cancel()
         self._executor.shutdown(wait=False)
+        while not self._free.empty():  # release the sessions' memory; the stats stay for metrics
+            self._free.get_nowait()
 
 
 def _report_crash(task: asyncio.Task) -> None:

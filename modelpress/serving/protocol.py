@@ -7,6 +7,7 @@ Everything here is pure: bytes in, arrays out (and back). Client mistakes raise
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +70,15 @@ def _shape(tensor: dict, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _params(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ClientError(f"{where}: 'parameters' must be a JSON object, got {type(params).__name__}")
+    return params
+
+
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     """Parse an infer request body: JSON, or JSON header + binary tensors."""
     if header_length is not None:
@@ -85,9 +95,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ClientError("the request needs a non-empty 'inputs' list")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ClientError("'parameters' must be a JSON object")
+    params = _params(doc, "the request")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, tensor in enumerate(raw_inputs):
@@ -100,10 +108,10 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             raise ClientError(f"{where}: unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
         dtype = DATATYPES[datatype]
         shape = _shape(tensor, where)
-        count = int(np.prod(shape, dtype=np.int64))
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        count = math.prod(shape)  # Python ints: a huge shape must not wrap around
+        size = _params(tensor, where).get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ClientError(f"{where}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise ClientError(f"{where}: binary_data_size {size} runs past the end of the body "
@@ -117,12 +125,19 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             if "data" not in tensor:
                 raise ClientError(f"{where}: give 'data', or parameters.binary_data_size with binary data")
             try:
-                array = np.asarray(tensor["data"], dtype=dtype)
+                array = np.asarray(tensor["data"])
+                if array.dtype.kind not in "biuf":  # strings, objects, ragged lists
+                    raise TypeError
+                array = array.astype(dtype)
             except (ValueError, TypeError, OverflowError):
-                raise ClientError(f"{where}: 'data' does not hold {datatype} values") from None
+                raise ClientError(f"{where}: 'data' does not hold {datatype} values "
+                                  "(a flat or nested list of numbers)") from None
             if array.size != count:
                 raise ClientError(f"{where}: 'data' has {array.size} values but shape {list(shape)} needs {count}")
-            array = array.reshape(shape)
+            try:
+                array = array.reshape(shape)
+            except ValueError as exc:
+                raise ClientError(f"{where}: shape {list(shape)} is not usable: {exc}") from None
         if name in inputs:
             raise ClientError(f"input {name!r} is given twice")
         inputs[name] = array
@@ -138,7 +153,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise ClientError("'outputs' must be a list of {\"name\": ...} objects")
             outputs.append(o["name"])
-            if (o.get("parameters") or {}).get("binary_data"):
+            if _params(o, f"output {o['name']!r}").get("binary_data"):
                 binary_outputs.add(o["name"])
     request_id = doc.get("id")
     return InferRequest(id=None if request_id is None else str(request_id), inputs=inputs, outputs=outputs,

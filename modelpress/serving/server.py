@@ -71,6 +71,18 @@ def fetch_repository(uri: str, dest: Path | None = None) -> Path:
     return dest
 
 
+def _check_vertex_model(root: Path, model: str | None) -> None:
+    """The predict route serves one model: know which before reporting healthy."""
+    from ..repository import CONFIG_FILE
+
+    names = sorted(d.name for d in root.iterdir() if (d / CONFIG_FILE).exists())
+    if model is None and len(names) != 1:
+        raise ModelpressError(f"the repository at {root} holds models {names}; the Vertex predict route serves "
+                              "one: pass --model NAME")
+    if model is not None and model not in names:
+        raise ModelpressError(f"--model {model!r} is not in the repository at {root}; it holds {names}")
+
+
 def build_app(repository: Path, settings: ServeSettings, *, max_queue_rows: int = 1024,
               threads: int | None = None, metrics: ServerMetrics | None = None):
     metrics = metrics or ServerMetrics()
@@ -95,6 +107,8 @@ def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, ma
     if not repository:
         raise ModelpressError("no model repository: pass --repository DIR (or set AIP_STORAGE_URI in Vertex mode)")
     root = fetch_repository(repository)
+    if vertex:
+        _check_vertex_model(root, settings.vertex_model)
     inference, metrics = build_app(root, settings, max_queue_rows=max_queue_rows, threads=threads)
     if listen.metrics_port:
         start_http_server(listen.metrics_port, addr=listen.host, registry=metrics.registry)

@@ -103,7 +103,8 @@ class ModelVersion:
 def open_sessions(config, folder: Path, threads: int | None) -> tuple[list, int]:
     """`instance_group.count` ONNX Runtime sessions (slow: run it off the event loop)."""
     count = sum(g.count or 1 for g in config.instance_group) or 1
-    threads = threads or _thread_param(config) or max(1, (os.cpu_count() or 1) // count)
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    threads = threads or _thread_param(config) or max(1, cores // count)
     return [ort_session(folder / ONNX_FILE, threads=threads) for _ in range(count)], threads
 
 
@@ -147,7 +148,8 @@ class ModelStore:
         self.observe = observe
         self.models: dict[str, _Model] = {}
         self.errors: dict[str, str] = {}       # "name" or "name/version" -> why it is not served
-        self._broken: dict[tuple[str, int], float] = {}  # (name, version) -> model.onnx mtime that failed
+        # (name, version) -> (model.onnx mtime, config text) that failed: retried when either changes
+        self._broken: dict[tuple[str, int], tuple[float, str]] = {}
         self.retired: dict[tuple[str, int], ModelVersion] = {}  # kept so metrics stay monotonic
         self._lock = asyncio.Lock()
         self.loaded_once = False
@@ -173,11 +175,15 @@ class ModelStore:
     def all_versions(self) -> list[ModelVersion]:
         return [v for m in list(self.models.values()) for v in list(m.versions.values())]
 
+    def model_names(self) -> list[str]:
+        return sorted(self.models)
+
     def metric_versions(self) -> list[ModelVersion]:
         """Loaded versions plus retired ones: Prometheus counters must not vanish or restart."""
         loaded = self.all_versions()
         keys = {(mv.name, mv.version) for mv in loaded}
-        return loaded + [mv for key, mv in self.retired.items() if key not in keys]
+        # list(): the Prometheus thread reads while the event loop may retire a version
+        return loaded + [mv for key, mv in list(self.retired.items()) if key not in keys]
 
     @property
     def ready(self) -> bool:
@@ -214,7 +220,7 @@ class ModelStore:
         available = []
         for v in repo.versions(self.root, name):
             mtime = (folder / str(v) / ONNX_FILE).stat().st_mtime
-            if self._broken.get((name, v)) != mtime:
+            if self._broken.get((name, v)) != (mtime, text):
                 available.append(v)
         loaded = {} if reload_all else dict(current.versions)
         while True:
@@ -234,10 +240,15 @@ class ModelStore:
                              p.max_batch_size, f"dynamic batching (max queue delay {p.max_queue_delay_us} us)"
                              if p.dynamic else "no batching", loaded[v].instances, loaded[v].threads)
                 except Exception as exc:  # report and keep serving what works
-                    self._broken[(name, v)] = (folder / str(v) / ONNX_FILE).stat().st_mtime
+                    self._broken[(name, v)] = ((folder / str(v) / ONNX_FILE).stat().st_mtime, text)
                     self._error(f"{name}/{v}", f"version {v} failed to load: {exc}")
                     available.remove(v)
         keep = {v: loaded[v] for v in wanted}
+        on_disk = set(repo.versions(self.root, name))
+        for key in [k for k in self.errors if k.startswith(f"{name}/")]:
+            v = key.split("/", 1)[1]
+            if not v.isdigit() or int(v) in keep or int(v) not in on_disk:  # loaded since, or gone
+                del self.errors[key]
         if not keep and current and current.versions:
             # nothing new loads: keep the old versions (and old config) serving
             self._retire(m for v, m in loaded.items() if current.versions.get(v) is not m)

@@ -109,3 +109,22 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
         assert server.get("/v2/health/ready")[0] == 200
     finally:
         stop_server(server)
+
+
+def test_a_fixed_config_is_applied_after_a_broken_one(tmp_path):
+    repo = tmp_path / "repo"
+    deploy_tiny(repo, tmp_path, max_batch_size=4)
+    server = start_server(repo, tmp_path, "--poll-seconds", "0.2")
+    try:
+        config = repo / "tiny" / "config.pbtxt"
+        good = config.read_text()
+        config.write_text(good.replace('name: "input"', 'name: "wrong_input_name"'))
+        assert _wait_for(lambda: any(e["state"] == "UNAVAILABLE" for e in json.loads(
+            server.post("/v2/repository/index", b"")[2])))
+        assert json.loads(server.get("/v2/models/tiny/config")[1])["input"][0]["name"] == "input"  # old serves
+        config.write_text(good.replace("max_batch_size: 4", "max_batch_size: 2"))
+        assert _wait_for(lambda: json.loads(server.get("/v2/models/tiny/config")[1])["max_batch_size"] == 2)
+        assert json.loads(server.post("/v2/repository/index", b"")[2]) == [
+            {"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+    finally:
+        stop_server(server)

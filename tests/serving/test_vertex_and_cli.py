@@ -132,3 +132,29 @@ def test_gs_repository_is_copied_with_the_exact_listing_request(tmp_path, monkey
     listing = []
     with pytest.raises(ModelpressError, match="no files under gs://bucket/empty"):
         fetch_repository("gs://bucket/empty", tmp_path / "copy3")
+
+
+def test_vertex_mode_with_several_models_needs_model(tmp_path):
+    repo = tmp_path / "repo"
+    deploy_tiny(repo, tmp_path, name="a")
+    deploy_tiny(repo, tmp_path, name="b")
+    env = {**__import__("os").environ, "AIP_HTTP_PORT": str(free_port()), "AIP_STORAGE_URI": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "serve", "--metrics-port", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "holds models ['a', 'b']" in proc.stderr and "--model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_store_lookups_never_touch_paths(tmp_path):
+    import asyncio
+
+    from modelpress.serving.protocol import ClientError
+    from modelpress.serving.store import ModelStore
+
+    store = ModelStore(tmp_path)
+    for name, version in (("../x", None), ("..", None), ("x/../../etc", "1"), ("tiny", "../1")):
+        with pytest.raises(ClientError) as err:
+            store.get(name, version)
+        assert err.value.status == 404
+    asyncio.run(store.refresh())  # an empty repository: nothing loaded, not ready
+    assert not store.ready
