@@ -48,5 +48,9 @@ def distributed_train(
                                 backend=backend, microbatches=microbatches, schedule=schedule)
     result = distributed.train(dataset.path, model.path, architecture=architecture,
                                model_args=model_args, settings=settings, layout=layout)
-    if result is not None:  # None on every node but the one holding global rank 0
-        kfp_io.record(result, artifact=model, metrics=metrics, classification=classification)
+    if result is None:
+        # Not the node with global rank 0. Every Vertex replica runs this step with the same
+        # output paths: leave before KFP's executor writes an empty executor_output.json over
+        # rank 0's (SystemExit skips that write; exit status 0 keeps the job successful).
+        raise SystemExit(0)
+    kfp_io.record(result, artifact=model, metrics=metrics, classification=classification)

@@ -117,22 +117,23 @@ def check_accelerator(accelerator_type: str, accelerator_count: int, where: str)
         raise ModelpressError(f"{where}: accelerator_type {accelerator_type} needs accelerator_count >= 1")
 
 
-def traffic_split(current: dict[str, int], percent: int) -> dict[str, int]:
-    """The endpoint's traffic after deploying a model that takes `percent` of it.
+def traffic_split(incumbent: str | None, percent: int) -> dict[str, int]:
+    """The endpoint's traffic after deploying a new model that takes `percent` of it.
 
-    The models serving now share the rest in proportion to their current traffic (largest
-    remainder, so the split adds up to 100); a model left at 0 % is not listed.
+    The incumbent (the model deployed before it) keeps the rest; older models get none and
+    are undeployed, so at most two models serve, and cost, at a time. The next blessed
+    model makes this one the incumbent.
     """
-    current = {k: int(v) for k, v in current.items() if int(v) > 0}
-    if percent >= 100 or not current:
+    if percent >= 100 or incumbent is None:
         return {NEW_MODEL: 100}
-    rest, total = 100 - percent, sum(current.values())
-    shares = {k: v * rest / total for k, v in current.items()}
-    split = {k: int(s) for k, s in shares.items()}
-    by_remainder = sorted(shares, key=lambda k: (split[k] - shares[k], k))
-    for k in by_remainder[:rest - sum(split.values())]:
-        split[k] += 1
-    return {**{k: v for k, v in split.items() if v}, NEW_MODEL: percent}
+    return {incumbent: 100 - percent, NEW_MODEL: percent}
+
+
+def incumbent(endpoint) -> str | None:
+    """The most recently deployed model that still takes traffic, or None."""
+    serving = [(d.create_time.timestamp() if d.create_time else 0.0, i, d.id)
+               for i, d in enumerate(endpoint.deployed_models) if endpoint.traffic_split.get(d.id, 0) > 0]
+    return max(serving)[2] if serving else None
 
 
 def _location_parent(project: str, location: str) -> str:
@@ -186,8 +187,8 @@ def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, 
 
     A model with the configured display name gets a new version (aliased champion, the
     default); the endpoint is found by display name or created. The new version takes
-    `canary_traffic_percent` of the traffic; deployed models left with none are undeployed,
-    so their replicas stop costing money.
+    `canary_traffic_percent` of the traffic, the previously deployed model the rest; older
+    models are undeployed, so their replicas stop costing money.
     """
     from google.cloud.aiplatform_v1 import EndpointServiceClient, ModelServiceClient, types
 
@@ -214,7 +215,7 @@ def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, 
             parent=parent, endpoint=types.Endpoint(display_name=serving.endpoint_display_name,
                                                    labels=dict(labels or {})))).result(timeout=timeout)
         log(f"[deploy-vertex] created endpoint {endpoint.name}")
-    split = traffic_split(dict(endpoint.traffic_split), serving.canary_traffic_percent)
+    split = traffic_split(incumbent(endpoint), serving.canary_traffic_percent)
     response = endpoints.deploy_model(request=deploy_request(endpoint.name, version, serving, split)).result(
         timeout=timeout)
     deployed_id = response.deployed_model.id

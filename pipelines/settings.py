@@ -8,6 +8,7 @@ by the image tag (`--image-tag`, else `git rev-parse --short HEAD` of this check
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -69,7 +70,13 @@ def git_sha() -> str:
     if proc.returncode != 0:
         raise ModelpressError(f"`git rev-parse --short HEAD` failed in {ROOT} ({proc.stderr.strip()}): "
                               "pass --image-tag TAG")
-    return proc.stdout.strip()
+    sha = proc.stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "modelpress", "components", "pipelines"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+    if dirty:  # the template would carry code the image tagged `sha` does not hold
+        print(f"warning: uncommitted changes under modelpress/, components/ or pipelines/; the images tagged {sha} "
+              "do not contain them. Commit, run `make images`, then submit.", file=sys.stderr)
+    return sha
 
 
 def block(cls, data, where: str):

@@ -84,3 +84,18 @@ def test_runs_in_a_kfp_local_pipeline(tmp_path):
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
     assert model["parallelism"] == "pipeline" and model["pipeline_schedule"] == "1f1b"
     assert metrics["bubble_fraction"] == pytest.approx(1 / 3)  # 2 stages, 2 micro-batches
+
+
+def test_a_node_without_rank_zero_leaves_before_the_executor_writes_outputs(digits_dir, tmp_path, monkeypatch):
+    from modelpress import distributed, kfp_io
+
+    recorded = []
+    monkeypatch.setattr(distributed, "train", lambda *a, **k: None)  # what every node but rank 0's gets
+    monkeypatch.setattr(kfp_io, "record", lambda *a, **k: recorded.append(a))
+    with pytest.raises(SystemExit) as exit_:
+        distributed_train.python_func(
+            dataset=_art(Dataset, digits_dir), **_outputs(tmp_path), architecture="cnn", model_args={}, epochs=1,
+            batch_size=64, learning_rate=1e-3, optimizer="adamw", weight_decay=0.0, seed=0, patience=0,
+            device="auto", parallelism="ddp", nproc_per_node=1, nnodes=2, node_rank=1,
+            master_addr="127.0.0.1", master_port=_free_port(), backend="auto", microbatches=4, schedule="gpipe")
+    assert exit_.value.code == 0 and recorded == []
