@@ -4,7 +4,7 @@
                                  [--instances 2] [--threads 1] [--reload-requests 10000]
 
 The reference model is the compression benchmark's fp32 ONNX teacher (MobileNetV2 on
-64x64 digits, ~1.1 ms per batch-1 call here: inference, not HTTP, dominates); it is trained
+64x64 digits, ~1.1 ms per batch-1 call with one thread: inference, not HTTP, dominates); it is trained
 and exported first when build/bench-compression/teacher-onnx is missing. All three servers
 run at once as separate processes on 127.0.0.1 and are driven by the same load generator
 (`modelpress.serving.loadtest`, binary tensors), concurrency levels interleaved across the
@@ -150,9 +150,24 @@ def deploy(model: Path, repo: Path, *, batching: bool, instances: int, delay_us:
         (repo / MODEL / repository.CONFIG_FILE).write_text(text_format.MessageToString(config))
 
 
+def scrape(metrics_url: str) -> dict:
+    """{version: {metric: value}} for the counters the hot-reload run reports."""
+    with urllib.request.urlopen(metrics_url) as r:
+        text = r.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        for key in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_failure"):
+            if line.startswith(key + "{"):
+                version = line.split('version="')[1].split('"')[0]
+                counts.setdefault(version, {})[key] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def hot_reload_run(url: str, metrics_url: str, model: Path, repo: Path, requests: int) -> dict:
-    """`requests` requests at concurrency 64; a new version lands in the repository midway."""
+    """`requests` requests at concurrency 64; a new version lands in the repository midway.
+    Counters are reported as the difference over this run alone."""
     target = loadtest.Target(url, MODEL)
+    before = scrape(metrics_url)
 
     async def go():
         deployer = None
@@ -168,14 +183,8 @@ def hot_reload_run(url: str, metrics_url: str, model: Path, repo: Path, requests
         return result
 
     result = asyncio.run(go())
-    with urllib.request.urlopen(metrics_url) as r:
-        text = r.read().decode()
-    counts = {}
-    for line in text.splitlines():
-        for key in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_failure"):
-            if line.startswith(key + "{"):
-                version = line.split('version="')[1].split('"')[0]
-                counts.setdefault(version, {})[key] = float(line.rsplit(" ", 1)[1])
+    after = scrape(metrics_url)
+    counts = {v: {k: x - before.get(v, {}).get(k, 0.0) for k, x in m.items()} for v, m in after.items()}
     with urllib.request.urlopen(f"{url}/v2/models/{MODEL}") as r:
         served = r.read().decode()
     return {"result": loadtest.to_json([result])[0], "metrics_by_version": counts, "metadata_after": served}
@@ -204,7 +213,8 @@ def markdown(doc: dict) -> str:
         h = doc["hot_reload"]
         lines += ["", "## Hot reload under load", "",
                   f"{h['result']['requests']} requests at concurrency 64, new version deployed after 3 s: "
-                  f"{h['result']['ok']} ok, errors {h['result']['errors'] or 0}; count/exec_count per version: "
+                  f"{h['result']['ok']} ok, errors {h['result']['errors'] or 0}; count/exec_count per version, "
+                  "this run alone: "
                   + ", ".join(f"v{v}: {c.get('nv_inference_count', 0):.0f}/{c.get('nv_inference_exec_count', 0):.0f}"
                               for v, c in sorted(h["metrics_by_version"].items()))]
     return "\n".join(lines) + "\n"
@@ -218,8 +228,9 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--instances", type=int, default=1, help="instance_group.count for both modelpress servers")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads per instance")
+    p.add_argument("--instances", type=int, default=2, help="instance_group.count for both modelpress servers")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per instance (1: a batch-1 "
+                   "call of the reference model takes >= 1 ms, the premise of the comparison)")
     p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument("--reload-requests", type=int, default=10_000, help="0 skips the hot-reload run")
     p.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench-serving")
