@@ -11,6 +11,8 @@ def train_challenger(
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
     warm_start: str = "",
+    repository: str = "",
+    model_name: str = "digits",
     architecture: str = "cnn",
     model_args: dict = {},
     epochs: int = 10,
@@ -22,12 +24,14 @@ def train_challenger(
     patience: int = 5,
     device: str = "auto",
 ):
-    """Train a challenger like `train`; warm_start (a torch model dir or gs:// URI) starts from its weights."""
+    """Train a challenger like `train`. warm_start: a torch model dir or gs:// URI, or "champion" (the
+    weights the latest version of `model_name` in `repository` was exported from); "" = from scratch."""
     from modelpress import kfp_io, retraining, training
 
     settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                       optimizer=optimizer, weight_decay=weight_decay, seed=seed,
                                       patience=patience, device=device)
     result = retraining.train_challenger(dataset.path, model.path, warm_start=warm_start,
-                                         architecture=architecture, model_args=model_args, settings=settings)
+                                         architecture=architecture, model_args=model_args, settings=settings,
+                                         champion_repository=repository, model_name=model_name)
     kfp_io.record(result, artifact=model, metrics=metrics, classification=classification)

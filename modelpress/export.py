@@ -87,6 +87,8 @@ def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = 
             "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
             "max_abs_diff": max_abs, "max_rel_diff": max_rel, "verify_samples": len(x),
             "size_bytes": path.stat().st_size, "source_spec": spec,
+            # the torch weights this came from: what a retraining run warm-starts from
+            "source_model": str(local_path(model_dir)),
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": ort.__version__},
         }

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Callable
 
-from . import comparison, models, repository, training
+from . import comparison, models, repository, runtime, training
 from .data import load_dataset
 from .errors import ModelpressError
+from .fileio import local_path
 from .kfp_io import timed
 
 
@@ -28,15 +29,42 @@ def _check_compatible(spec: dict, ds, warm_start: str) -> None:
                               "(warm_start: \"\") or warm start from a model trained on data of this shape")
 
 
+CHAMPION = "champion"
+
+
+def champion_weights(champion_repository: str, model_name: str, log: Callable[[str], None] = print) -> str:
+    """The torch model the deployed champion was exported from ("" when nothing is deployed).
+
+    Each deployed version's meta.json names it (`source_model`, written by export-onnx and
+    kept through quantisation); it lives in the pipeline root of the run that produced it.
+    """
+    latest = repository.latest(champion_repository, model_name) if champion_repository else None
+    if latest is None:
+        log(f"[train-challenger] warm_start=champion but no {model_name!r} is deployed in "
+            f"{champion_repository or '(no repository)'}: training from scratch")
+        return ""
+    source = runtime.read_meta(latest).get("source_model")
+    if not source or not (local_path(source) / models.SPEC_FILE).exists():
+        raise ModelpressError(f"the champion {latest} does not name torch weights that still exist "
+                              f"(source_model: {source!r}); pass warm_start=<torch model folder> or \"\" to train "
+                              "from scratch")
+    log(f"[train-challenger] champion {latest.name} of {model_name!r} was exported from {source}")
+    return source
+
+
 @timed
 def train_challenger(dataset_dir: str, out_dir: str, *, warm_start: str = "", architecture: str = "cnn",
                      model_args: dict | None = None, settings: training.TrainSettings | None = None,
+                     champion_repository: str = "", model_name: str = "digits",
                      log: Callable[[str], None] = print) -> dict:
-    """Train the challenger; with `warm_start` (a torch model artifact) start from its weights.
+    """Train the challenger; with `warm_start` (a torch model artifact, or "champion": the
+    weights the deployed champion came from) start from its weights.
 
     A warm start keeps the champion's architecture (its spec.json, pruned widths included);
     `architecture` and `model_args` apply to training from scratch only.
     """
+    if warm_start == CHAMPION:
+        warm_start = champion_weights(champion_repository, model_name, log)
     if not warm_start:
         return training.train(dataset_dir, out_dir, architecture=architecture, model_args=model_args,
                               settings=settings, log=log)

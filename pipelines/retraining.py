@@ -43,11 +43,15 @@ def build(target: Target):
         model_name: str = "digits",
     ):
         t = target.apply
-        data_task = t(make_dataset(source=source, label_column=label_column, image_size=image_size, seed=seed))
+        # Not cached: a scheduled run reads the same URI after its content was refreshed, and
+        # warm_start="champion" depends on what is deployed now.
+        data_task = t(make_dataset(source=source, label_column=label_column, image_size=image_size, seed=seed),
+                      cache=False)
         ds = data_task.outputs["dataset"]
-        train_task = t(train_challenger(dataset=ds, warm_start=warm_start, architecture=architecture,
+        train_task = t(train_challenger(dataset=ds, warm_start=warm_start, repository=repository,
+                                        model_name=model_name, architecture=architecture,
                                         model_args=model_args, epochs=epochs, batch_size=batch_size,
-                                        learning_rate=learning_rate, seed=seed, patience=patience))
+                                        learning_rate=learning_rate, seed=seed, patience=patience), cache=False)
         export_task = t(export_onnx(model=train_task.outputs["model"], dataset=ds))
         # Never cached: the champion may have changed since the last run.
         score_task = t(score_challenger(dataset=ds, torch_model=train_task.outputs["model"],

@@ -30,6 +30,7 @@ VERTEX_REQUIRED = ("image", "pipeline_root", "project", "region", "service_accou
 
 
 LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start"}
+NOT_PATHS = {"digits", "champion"}  # the built-in dataset; warm start from the deployed champion
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TargetConfig:
             # Relative paths mean "from where you run the command"; steps get absolute ones.
             for key in LOCAL_PATH_PARAMETERS & set(sig):
                 value = values.get(key, sig[key][1])
-                if value and not str(value).startswith("gs://") and value != "digits" \
+                if value and not str(value).startswith("gs://") and value not in NOT_PATHS \
                         and not Path(value).is_absolute():
                     values[key] = str(Path(value).resolve())
         return values

@@ -54,3 +54,31 @@ def test_score_puts_the_latest_champion_beside_the_challenger(tmp_path, digits_d
     assert rows["champion"]["accuracy"] == rows["candidate"]["accuracy"]
     assert json.loads(out.read_text())["variants"][2]["role"] == "champion"
     assert data.load_dataset(digits_dir).test.y.size == second["dataset"]["test_examples"]
+
+
+def test_warm_start_from_the_deployed_champion(tmp_path, digits_dir, mlp_dir):
+    from modelpress import export
+
+    champion_dir, champion = mlp_dir
+    repo = tmp_path / "repo"
+    tiny = training.TrainSettings(epochs=1, learning_rate=1e-6, seed=0, patience=0)
+    # nothing deployed: from scratch, said so
+    lines = []
+    scratch = retraining.train_challenger(digits_dir, str(tmp_path / "scratch"), warm_start="champion",
+                                          champion_repository=str(repo), architecture="mlp",
+                                          model_args={"hidden": [64]}, settings=tiny, log=lines.append)
+    assert any("training from scratch" in line for line in lines) and "warm_start" not in scratch["metadata"]
+    # deployed: the version's meta.json leads back to the torch weights it was exported from
+    export.export_onnx(champion_dir, digits_dir, str(tmp_path / "onnx"), **QUIET)
+    repository.deploy(tmp_path / "onnx", repo, "digits")
+    warm = retraining.train_challenger(digits_dir, str(tmp_path / "warm"), warm_start="champion",
+                                       champion_repository=str(repo), settings=tiny, **QUIET)
+    assert warm["metadata"]["warm_start"] == champion_dir
+    assert warm["metrics"]["warm_start_accuracy"] == pytest.approx(champion["metrics"]["test_accuracy"])
+    # a champion whose weights are gone: a clear error, nothing written
+    meta = repo / "digits" / "1" / "meta.json"
+    meta.write_text(meta.read_text().replace(champion_dir, str(tmp_path / "gone")))
+    with pytest.raises(ModelpressError, match="does not name torch weights that still exist"):
+        retraining.train_challenger(digits_dir, str(tmp_path / "out"), warm_start="champion",
+                                    champion_repository=str(repo), settings=tiny, **QUIET)
+    assert not (tmp_path / "out").exists()

@@ -101,7 +101,8 @@ def test_submit_sends_the_pipeline_job_from_the_config(fake_vertex, tmp_path):
     assert sent["pipelineInfo"] == template["pipelineInfo"] and sent["root"].keys() == template["root"].keys()
     images = {e["container"]["image"] for e in sent["deploymentSpec"]["executors"].values()}
     assert "europe-west4-docker.pkg.dev/my-project/modelpress/cpu:abc1234" in images
-    assert _task_caching(job.pipeline_spec) == {True}  # enable_caching: true in the config
+    assert job.runtime_config.parameter_values is not None
+    assert _task_caching(job.pipeline_spec) == {True}  # the compiled settings: training steps are cached
 
 
 def test_caching_off_in_the_config_reaches_every_task(fake_vertex, tmp_path):
