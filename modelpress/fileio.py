@@ -40,14 +40,31 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        # KFP pre-creates output directories; an empty or stale one is replaced whole.
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    try:
+        if final.exists():
+            # KFP pre-creates output directories; an empty or stale one is replaced whole.
+            os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    except OSError:
+        # Cloud Storage FUSE (Vertex's /gcs) refuses to rename directories on flat buckets
+        # unless mounted with rename-dir-limit: copy file by file instead (each file still
+        # appears whole; the folder does not appear at once).
+        shutil.copytree(tmp, final, dirs_exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename directory `src` to `dst`, which must not exist; where the file system cannot
+    rename directories (Cloud Storage FUSE), copy it, still refusing an existing `dst`."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if Path(dst).exists():
+            raise FileExistsError(f"{dst} exists already") from None
+        shutil.copytree(src, dst)
+        shutil.rmtree(src, ignore_errors=True)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

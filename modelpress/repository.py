@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import runtime
 from .errors import ModelpressError
-from .fileio import local_path, write_json_atomic
+from .fileio import local_path, replace_dir, write_json_atomic
 
 CONFIG_FILE = "config.pbtxt"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -110,7 +110,7 @@ def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: st
         write_json_atomic(tmp / runtime.META_FILE, meta)
         config_tmp = folder / f".{CONFIG_FILE}.tmp"
         config_tmp.write_text(text_format.MessageToString(config))
-        os.replace(tmp, folder / str(version))  # fails if that version appeared meanwhile
+        replace_dir(tmp, folder / str(version))  # fails if that version appeared meanwhile
         os.replace(config_tmp, folder / CONFIG_FILE)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
