@@ -21,7 +21,6 @@ sys.path.insert(0, str(ROOT))
 from modelpress import (benchmarking, data, distillation, export, models, pruning,  # noqa: E402
                         quantisation, runtime, training)
 from modelpress.config import check_keys, load_yaml  # noqa: E402
-from modelpress.fileio import write_json_atomic  # noqa: E402
 
 SECTIONS = ("dataset", "teacher", "structured", "unstructured", "student", "quantisation", "measure")
 
@@ -209,12 +208,7 @@ def main(argv=None) -> int:
     variants, mach = measure(paths, cfg["measure"])
     rat = ratios(variants)
     result = {"config": cfg, "machine": mach, "variants": variants, "ratios": rat}
-    write_json_atomic(args.json, result)
-    md = markdown(variants, mach, rat, Path(args.config).name)
-    md_path = Path(args.json).with_suffix(".md")
-    md_path.write_text(md)
-    print(md)
-    print(f"wrote {args.json} and {md_path}")
+    benchmarking.write_results(args.json, result, markdown(variants, mach, rat, Path(args.config).name))
     return 0
 
 

@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modelpress import benchmarking, data, distributed, training  # noqa: E402
-from modelpress.fileio import write_json_atomic  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -145,12 +144,8 @@ def main(argv=None) -> int:
     result, mach = measure(ds_dir, work, args)
     log(f"measured in {time.time() - t0:.0f}s")
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "work_dir")}
-    write_json_atomic(args.json, {"settings": settings, "machine": mach, **result})
-    md = markdown(result, mach, args)
-    md_path = Path(args.json).with_suffix(".md")
-    md_path.write_text(md)
-    print(md)
-    print(f"wrote {args.json} and {md_path}")
+    benchmarking.write_results(args.json, {"settings": settings, "machine": mach, **result},
+                               markdown(result, mach, args))
     return 0
 
 

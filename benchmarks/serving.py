@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from modelpress import benchmarking, repository, runtime  # noqa: E402
-from modelpress.fileio import write_json_atomic  # noqa: E402
 from modelpress.serving import loadtest  # noqa: E402
 
 MODEL = "ref"
@@ -294,15 +293,10 @@ def main(argv=None) -> int:
                         "warmup_s": args.warmup, "naive": "one ORT session, default threads, FastAPI-style threadpool"},
            "bare_session_run": bare, "session_ms_per_row_by_batch": per_row, "series": {n: loadtest.to_json(rs) for n, rs in series.items()},
            "ratios": ratios, "hot_reload": hot}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output, doc)
-    md = markdown({**doc, "series": {n: {"objects": rs} for n, rs in series.items()}})
-    tmp = args.output.with_suffix(".md.tmp")
-    tmp.write_text(md)
-    tmp.replace(args.output.with_suffix(".md"))
+    benchmarking.write_results(args.output, doc, markdown({**doc, "series": {n: {"objects": rs}
+                                                                        for n, rs in series.items()}}))
     loadtest.plot(series, str(args.output.with_suffix(".png")))
-    print(md)
-    log(f"wrote {args.output}, {args.output.with_suffix('.md')}, {args.output.with_suffix('.png')}")
+    log(f"wrote {args.output.with_suffix('.png')}")
     return 0
 
 

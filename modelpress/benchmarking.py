@@ -111,6 +111,19 @@ def machine(threads: int) -> dict:
     }
 
 
+def write_results(json_path: str | os.PathLike, doc: dict, markdown: str) -> Path:
+    """A benchmark's results: JSON at `json_path`, Markdown beside it (both atomic); prints
+    the Markdown and returns its path."""
+    from .fileio import write_json_atomic, write_text_atomic
+
+    md_path = Path(json_path).with_suffix(".md")
+    write_json_atomic(json_path, doc)
+    write_text_atomic(md_path, markdown)
+    print(markdown)
+    print(f"wrote {json_path} and {md_path}")
+    return md_path
+
+
 def _agree(values: list[float], tolerance: float) -> bool:
     lo, hi = min(values), max(values)
     return lo > 0 and (hi - lo) / lo <= tolerance

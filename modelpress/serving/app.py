@@ -173,8 +173,11 @@ class InferenceApp:
     async def infer(self, request):
         mv = self._model(request)
         body = await self._body(request)
-        req = parse_infer(body, request.headers.get(BINARY_HEADER))
-        outputs, mv = await self._run(mv, req.inputs, req.outputs, request.path_params.get("version"))
+        return await self._infer_v2(mv, body, request.headers.get(BINARY_HEADER), request.path_params.get("version"))
+
+    async def _infer_v2(self, mv: ModelVersion, body: bytes, header: str | None, version: str | None = None):
+        req = parse_infer(body, header)
+        outputs, mv = await self._run(mv, req.inputs, req.outputs, version)
         binary = set(outputs) if req.binary_default else req.binary_outputs
         payload, headers = encode_infer(mv.name, str(mv.version), req.id, outputs, binary)
         return Response(payload, headers=headers)
@@ -197,11 +200,7 @@ class InferenceApp:
                 raise ClientError('the body must be {"instances": [...], "parameters": {...}} or a v2 '
                                   'inference request with "inputs"')
         if header is not None or "inputs" in doc:  # a v2 body on the predict route (rawPredict)
-            req = parse_infer(body, header)
-            outputs, mv = await self._run(mv, req.inputs, req.outputs)
-            binary = set(outputs) if req.binary_default else req.binary_outputs
-            payload, headers = encode_infer(mv.name, str(mv.version), req.id, outputs, binary)
-            return Response(payload, headers=headers)
+            return await self._infer_v2(mv, body, header)
         inputs = self._instances(mv, doc["instances"])
         limit = mv.policy.max_batch_size or 1
         rows = len(next(iter(inputs.values())))

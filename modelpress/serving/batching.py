@@ -96,6 +96,7 @@ class Scheduler:
         for s in sessions:
             self._free.put_nowait(s)
         self._executing = 0
+        self._output_names = [o.name for o in sessions[0].get_outputs()]
         self.closed = False
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"infer-{label}")
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -185,7 +186,7 @@ class Scheduler:
         feed = ({n: batch[0].inputs[n] for n in names} if len(batch) == 1 else
                 {n: np.concatenate([it.inputs[n] for it in batch]) for n in names})
         try:
-            outputs = await loop.run_in_executor(self._executor, _run_session, session, feed)
+            outputs = await loop.run_in_executor(self._executor, _run_session, session, self._output_names, feed)
         except Exception as exc:  # a model that fails on valid input: the server's problem
             error = ServerError(f"model {self._label} failed to execute: {exc}")
             for item in batch:
@@ -236,8 +237,7 @@ def _report_crash(task: asyncio.Task) -> None:
         logging.getLogger("modelpress.serve").error("batch scheduler stopped", exc_info=task.exception())
 
 
-def _run_session(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
+def _run_session(session, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, feed)))
 
 

@@ -75,6 +75,7 @@ def add_loadtest(commands) -> None:
 
 
 def _loadtest(args) -> int:
+    from ..fileio import write_json_atomic
     from . import loadtest
 
     if args.rate is not None and args.rate <= 0:
@@ -84,7 +85,7 @@ def _loadtest(args) -> int:
                            binary=not args.json_tensors, version=args.version)
     print(loadtest.table(results))
     if args.output:
-        loadtest.write_json(args.output, {"url": args.url, "model": args.model, "results": loadtest.to_json(results)})
+        write_json_atomic(args.output, {"url": args.url, "model": args.model, "results": loadtest.to_json(results)})
         print(f"wrote {args.output}")
     if args.plot:
         loadtest.plot({args.model: results}, str(args.plot))

@@ -238,7 +238,3 @@ def plot(series: dict[str, list[LevelResult]], path: str) -> None:
     plt.close(fig)
 
 
-def write_json(path: str, doc) -> None:
-    from ..fileio import write_json_atomic
-    write_json_atomic(path, doc)
-

@@ -49,7 +49,6 @@ class InferRequest:
     outputs: list[str] | None            # None: every output
     binary_outputs: set[str] = field(default_factory=set)
     binary_default: bool = False         # "binary_data_output" on the request
-    parameters: dict = field(default_factory=dict)
 
 
 def _json(raw: bytes | memoryview) -> dict:
@@ -157,8 +156,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
                 binary_outputs.add(o["name"])
     request_id = doc.get("id")
     return InferRequest(id=None if request_id is None else str(request_id), inputs=inputs, outputs=outputs,
-                        binary_outputs=binary_outputs, binary_default=bool(params.get("binary_data_output")),
-                        parameters=params)
+                        binary_outputs=binary_outputs, binary_default=bool(params.get("binary_data_output")))
 
 
 def encode_infer(model: str, version: str, request_id: str | None, outputs: dict[str, np.ndarray],

@@ -83,14 +83,6 @@ def _check_vertex_model(root: Path, model: str | None) -> None:
         raise ModelpressError(f"--model {model!r} is not in the repository at {root}; it holds {names}")
 
 
-def build_app(repository: Path, settings: ServeSettings, *, max_queue_rows: int = 1024,
-              threads: int | None = None, metrics: ServerMetrics | None = None):
-    metrics = metrics or ServerMetrics()
-    store = ModelStore(repository, max_queue_rows=max_queue_rows, threads=threads, observe=metrics.observe)
-    metrics.watch(store)
-    return InferenceApp(store, settings, metrics), metrics
-
-
 def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, max_queue_rows: int = 1024,
           threads: int | None = None) -> None:
     import uvicorn
@@ -109,7 +101,10 @@ def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, ma
     root = fetch_repository(repository)
     if vertex:
         _check_vertex_model(root, settings.vertex_model)
-    inference, metrics = build_app(root, settings, max_queue_rows=max_queue_rows, threads=threads)
+    metrics = ServerMetrics()
+    store = ModelStore(root, max_queue_rows=max_queue_rows, threads=threads, observe=metrics.observe)
+    metrics.watch(store)
+    inference = InferenceApp(store, settings, metrics)
     if listen.metrics_port:
         start_http_server(listen.metrics_port, addr=listen.host, registry=metrics.registry)
     log.info("serving %s on http://%s:%d%s%s", root, listen.host, listen.http_port,

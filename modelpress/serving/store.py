@@ -175,8 +175,6 @@ class ModelStore:
     def all_versions(self) -> list[ModelVersion]:
         return [v for m in list(self.models.values()) for v in list(m.versions.values())]
 
-    def model_names(self) -> list[str]:
-        return sorted(self.models)
 
     def metric_versions(self) -> list[ModelVersion]:
         """Loaded versions plus retired ones: Prometheus counters must not vanish or restart."""
@@ -217,8 +215,9 @@ class ModelStore:
             return
         current = self.models.get(name)
         reload_all = current is None or current.config_text != text
+        on_disk = repo.versions(self.root, name)
         available = []
-        for v in repo.versions(self.root, name):
+        for v in on_disk:
             mtime = (folder / str(v) / ONNX_FILE).stat().st_mtime
             if self._broken.get((name, v)) != (mtime, text):
                 available.append(v)
@@ -244,7 +243,6 @@ class ModelStore:
                     self._error(f"{name}/{v}", f"version {v} failed to load: {exc}")
                     available.remove(v)
         keep = {v: loaded[v] for v in wanted}
-        on_disk = set(repo.versions(self.root, name))
         for key in [k for k in self.errors if k.startswith(f"{name}/")]:
             v = key.split("/", 1)[1]
             if not v.isdigit() or int(v) in keep or int(v) not in on_disk:  # loaded since, or gone
