@@ -75,10 +75,11 @@ def check_parameters(values: dict, signature: dict[str, tuple[str, object]], pip
 
 
 def validate_values(values: dict) -> None:
-    """Range checks for the parameters the library knows, before any step starts."""
+    """Check every parameter the library knows before any step starts: one line naming the
+    key and what it accepts, instead of a failure deep inside a running pipeline."""
     from dataclasses import fields
 
-    from . import models
+    from . import models, quantisation, selection
     from .training import TrainSettings
 
     names = {f.name for f in fields(TrainSettings)}
@@ -88,6 +89,38 @@ def validate_values(values: dict) -> None:
             raise ModelpressError(f"{key} must be between 0 and 1 (exclusive), got {values[key]}")
     if "image_size" in values and values["image_size"] < 0:
         raise ModelpressError(f"image_size must be 0 (native) or positive, got {values['image_size']}")
-    if "architecture" in values and values["architecture"] not in models.architectures():
-        raise ModelpressError(f"unknown architecture {values['architecture']!r}; choose one of "
-                              f"{models.architectures()}")
+    for arch_key, args_key in (("architecture", "model_args"), ("student_architecture", "student_args")):
+        if arch_key in values:
+            models.check_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key)
+    if "quantisation_methods" in values:
+        methods = values["quantisation_methods"]
+        if not methods:
+            raise ModelpressError(f"quantisation_methods is empty: list at least one of {list(quantisation.METHODS)}")
+        for m in methods:
+            if m not in quantisation.METHODS:
+                raise ModelpressError(f"quantisation_methods: {m!r} is not a quantisation method; "
+                                      f"choose from {list(quantisation.METHODS)}")
+    _in_range(values, "prune_amount", 0, 1, high_open=True)
+    _in_range(values, "alpha", 0, 1)
+    if values.get("temperature", 1) <= 0:
+        raise ModelpressError(f"temperature must be > 0, got {values['temperature']}")
+    for key in ("calibration_samples", "threads", "max_windows", "prune_finetune_epochs", "distil_epochs"):
+        if key in values and values[key] < 1:
+            raise ModelpressError(f"{key} must be a whole number >= 1, got {values[key]}")
+    if values.get("window_seconds", 1) <= 0:
+        raise ModelpressError(f"window_seconds must be > 0, got {values['window_seconds']}")
+    policy = {f.name: values[f.name] for f in fields(selection.Policy) if f.name in values}
+    if policy:
+        selection.Policy(**policy).validate()
+    if "model_name" in values:
+        from .repository import check_name
+
+        check_name(values["model_name"])
+
+
+def _in_range(values: dict, key: str, low: float, high: float, *, high_open: bool = False) -> None:
+    if key not in values:
+        return
+    v = values[key]
+    if not (low <= v < high if high_open else low <= v <= high):
+        raise ModelpressError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {v}")

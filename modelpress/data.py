@@ -8,9 +8,11 @@ A source is one of
 Paths may be local or ``gs://`` (read through the /gcs/ mount on Vertex).
 
 The dataset artifact is a directory holding ``train.npz``, ``validation.npz`` and
-``test.npz`` (arrays ``x`` float32, normalised, and ``y`` int64 class indices) plus
-``schema.json``. Every scorer reads the same ``test.npz``, so models are compared on the
-same examples.
+``test.npz`` (arrays ``x`` float32 raw features, exactly what a client would send, and
+``y`` int64 class indices) plus ``schema.json``. Every scorer reads the same ``test.npz``,
+so models are compared on the same examples. The training split's mean/std go into the
+schema, and from there into the model itself (``models.InputNormalised``), so exported and
+served models take raw features too.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from .fileio import atomic_dir, local_path, read_json, write_json_atomic
 
 SPLITS = ("train", "validation", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: splits hold raw features; the model normalises
 
 
 @dataclass
 class RawData:
-    x: np.ndarray  # float32, (N, *feature_shape), not yet normalised
+    x: np.ndarray  # float32, (N, *feature_shape), raw: what a client would send
     labels: np.ndarray  # (N,) raw labels (str)
     kind: str  # "image" or "tabular"
     source: str
+    feature_names: list[str] | None = None  # a CSV's header, for the model's input description
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Dataset:
 # ----------------------------------------------------------------------------- sources
 
 def load_source(source: str, *, label_column: str = "label", image_size: int = 0) -> RawData:
-    """Read a source into float32 features and raw labels; no normalisation yet."""
+    """Read a source into float32 raw features and raw labels; no scaling, no normalisation."""
     if not isinstance(source, str) or not source.strip():
         raise ModelpressError("dataset source is empty: use 'digits', a .csv or .npz file, "
                               "or a folder of images with one sub-folder per class")
@@ -102,7 +105,7 @@ def _load_digits(image_size: int) -> RawData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # (N, 1, 8, 8) in [0, 1]
+    x = bunch.images.astype(np.float32)[:, None, :, :]  # (N, 1, 8, 8), scikit-learn's 0..16
     if image_size and image_size != x.shape[-1]:
         x = _resize(x, image_size)
     labels = np.array([str(int(t)) for t in bunch.target])
@@ -151,7 +154,7 @@ def _load_csv(path: Path, label_column: str, source: str) -> RawData:
     if not rows:
         raise ModelpressError(f"{source} has a header but no data rows")
     return RawData(x=np.asarray(rows, dtype=np.float32), labels=np.asarray(labels),
-                   kind="tabular", source=source)
+                   kind="tabular", source=source, feature_names=feature_names)
 
 
 def _load_npz(path: Path, image_size: int, source: str) -> RawData:
@@ -224,7 +227,7 @@ def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
         im = im.convert("RGB") if rgb else im
         if image_size:
             im = im.resize((image_size, image_size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
+        a = np.asarray(im, dtype=np.float32)  # 0..255, as a client decodes the image
         arrays.append(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])
     return RawData(x=np.stack(arrays), labels=np.asarray(labels), kind="image", source=source)
 
@@ -285,21 +288,14 @@ def make_dataset(source: str, out_dir: str, *, label_column: str = "label", imag
                               f"classes with val_fraction {val_fraction} and test_fraction "
                               f"{test_fraction} ({exc}); raise the fractions or add examples") from None
 
-    # Normalisation statistics come from the training split only.
+    # Normalisation statistics come from the training split only. The stored features stay
+    # raw: the statistics travel in the schema and the model applies them (models.py).
     xtr = raw.x[parts["train"]]
-    if raw.kind == "image":
-        axes = (0, 2, 3)
-        mean = xtr.mean(axis=axes)
-        std = xtr.std(axis=axes)
-        shape = (1, -1, 1, 1)
-        norm_kind = "per-channel"
-    else:
-        mean = xtr.mean(axis=0)
-        std = xtr.std(axis=0)
-        shape = (1, -1)
-        norm_kind = "per-feature"
+    axes, norm_kind = ((0, 2, 3), "per-channel") if raw.kind == "image" else ((0,), "per-feature")
+    mean = xtr.mean(axis=axes)
+    std = xtr.std(axis=axes)
     std = np.where(std < 1e-6, 1.0, std).astype(np.float32)
-    x = ((raw.x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+    x = raw.x.astype(np.float32)
 
     schema = {
         "format_version": SCHEMA_VERSION,
@@ -312,7 +308,8 @@ def make_dataset(source: str, out_dir: str, *, label_column: str = "label", imag
         "class_counts": counts,
         "normalisation": {"kind": norm_kind, "mean": mean.astype(float).tolist(),
                           "std": std.astype(float).tolist(),
-                          "note": "x = (raw - mean) / std, raw pixels scaled to [0, 1]"},
+                          "note": "applied inside the model: (raw - mean) / std; the splits hold raw features"},
+        "input": describe_input(raw),
         "source": source,
         "label_column": label_column if raw.kind == "tabular" and source.lower().endswith(".csv") else None,
         "image_size": image_size or None,
@@ -327,6 +324,23 @@ def make_dataset(source: str, out_dir: str, *, label_column: str = "label", imag
     return schema
 
 
+def describe_input(raw: RawData) -> dict:
+    """What a client sends the trained model: shape, dtype, value range, layout, channels."""
+    info = {"dtype": "float32", "shape": [-1, *raw.x.shape[1:]],
+            "value_range": [float(raw.x.min()), float(raw.x.max())],
+            "preprocessing": "none: send raw features; the model normalises them inside its graph"}
+    if raw.kind == "image":
+        channels = raw.x.shape[1]
+        info.update(layout="NCHW", channels={1: "grey", 3: "RGB"}.get(channels, f"{channels} channels"))
+        info["pixels"] = ("scikit-learn digits: ink 0 (background) to 16" if raw.source == "digits"
+                          else "as decoded from the files (0..255 for 8-bit images), not rescaled")
+    else:
+        info["layout"] = "NF (rows of features)"
+        if raw.feature_names:
+            info["feature_names"] = list(raw.feature_names)
+    return info
+
+
 def load_dataset(path: str) -> Dataset:
     root = local_path(path)
     schema_path = root / "schema.json"
@@ -334,6 +348,10 @@ def load_dataset(path: str) -> Dataset:
         raise ModelpressError(f"{path} is not a dataset artifact: schema.json is missing. "
                               "Create one with the dataset step (modelpress.data.make_dataset).")
     schema = read_json(schema_path)
+    if schema.get("format_version") != SCHEMA_VERSION:
+        raise ModelpressError(f"{path} is a dataset artifact of format {schema.get('format_version')}, "
+                              f"this modelpress reads format {SCHEMA_VERSION} (raw features; the model "
+                              "normalises). Make it again: rerun the pipeline with --no-cache.")
     splits = {}
     for name in SPLITS:
         with np.load(root / f"{name}.npz", allow_pickle=False) as a:

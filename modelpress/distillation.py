@@ -53,7 +53,8 @@ def distil(teacher_dir: str, dataset_dir: str, out_dir: str, *, student_architec
     if student_n != teacher_n:
         raise ModelpressError(f"the student has {student_n} classes but the teacher has {teacher_n}; "
                               "a student must predict the teacher's classes")
-    spec = models.make_spec(student_architecture, ds.feature_shape, n, **student_args)
+    spec = models.make_spec(student_architecture, ds.feature_shape, n,
+                            normalisation=ds.schema.get("normalisation"), **student_args)
     torch.manual_seed(settings.seed)
     student = models.build(spec)
     t0 = time.perf_counter()

@@ -193,6 +193,9 @@ def rank_batches(n: int, global_batch: int, rank: int, world: int, seed: int, ep
 
 def pipeline_layers(model: nn.Module) -> list[tuple[str | None, nn.Module]]:
     """The model as a flat sequence of (state-dict prefix, layer) that reproduces its forward."""
+    if isinstance(model, models.InputNormalised):  # normalisation first, then the network's layers
+        return [(None, _Normalise(model))] + [(None if p is None else f"net.{p}", m)
+                                              for p, m in pipeline_layers(model.net)]
     if isinstance(model, nn.Sequential):
         return list(model.named_children())
     if isinstance(model, (models.SmallCNN, models.MobileNetV2)):
@@ -203,6 +206,18 @@ def pipeline_layers(model: nn.Module) -> list[tuple[str | None, nn.Module]]:
     raise ModelpressError(f"pipeline parallelism cannot cut a {type(model).__name__} into stages; "
                           "it knows sequential models (mlp) and the cnn/mobilenet_v2 layout. "
                           "Use parallelism 'ddp' for this architecture.")
+
+
+class _Normalise(nn.Module):
+    """InputNormalised's own step, as a layer a pipeline stage can hold."""
+
+    def __init__(self, wrapper: nn.Module):
+        super().__init__()
+        self.register_buffer("mean", wrapper.mean.clone(), persistent=False)
+        self.register_buffer("inv_std", wrapper.inv_std.clone(), persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) * self.inv_std
 
 
 def balance(costs: list[float], stages: int, cuttable: list[int] | None = None) -> list[tuple[int, int]]:

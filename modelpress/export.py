@@ -47,6 +47,15 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, path: str, opset
         quiet.setLevel(level)
 
 
+def input_description(schema: dict, spec: dict) -> dict:
+    """What a client sends the exported model (the dataset's raw features), for meta.json and serving."""
+    info = {"name": INPUT_NAME, "datatype": "FP32", **schema.get("input", {}),
+            "shape": [-1, *schema["feature_shape"]]}
+    if not spec.get("normalisation"):
+        info["preprocessing"] = "normalise as the dataset's schema.json says before sending"
+    return info
+
+
 @timed
 def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = OPSET,
                 rtol: float = 1e-3, atol: float = 1e-4, verify_samples: int = 256,
@@ -83,6 +92,7 @@ def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = 
             "framework": "onnx", "format": "onnx", "precision": "fp32",
             "opset": opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
             "input_shape": [-1, *ds.feature_shape], "class_names": ds.class_names,
+            "input": input_description(ds.schema, spec),
             "architecture": spec["architecture"], "params": models.count_params(model),
             "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
             "max_abs_diff": max_abs, "max_rel_diff": max_rel, "verify_samples": len(x),

@@ -3,6 +3,9 @@
 A spec is a plain dict: ``{"architecture": name, "args": {...}}``, where ``args`` always
 holds ``input_shape`` and ``num_classes``. Structured pruning changes layer widths; the
 new shapes go into ``spec["layer_shapes"]`` so the model is rebuilt without pickles.
+``spec["normalisation"]`` (the dataset's training-split mean/std) wraps the architecture in
+``InputNormalised``: the model takes raw features, so its ONNX export, its quantised,
+pruned and distilled variants and the served model all do too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import runtime
 from .errors import ModelpressError
 from .fileio import atomic_dir, local_path, write_json_atomic
 
@@ -169,11 +173,70 @@ def _require_image(input_shape, name):
                               f"feature shape is {list(input_shape)}. Use 'mlp' for tabular data.")
 
 
+# ---------------------------------------------------------------------- normalisation
+
+class InputNormalised(nn.Module):
+    """(raw - mean) / std in front of the network, so the model takes raw features.
+
+    The statistics are non-persistent buffers rebuilt from the spec: the weights file holds
+    only what training learnt, and the export folds them into the graph as constants.
+    """
+
+    def __init__(self, net: nn.Module, mean, std, kind: str):
+        super().__init__()
+        if kind not in ("per-channel", "per-feature"):
+            raise ModelpressError(f"normalisation kind must be per-channel or per-feature, got {kind!r}")
+        shape = (1, -1, 1, 1) if kind == "per-channel" else (1, -1)
+        self.net = net
+        # these names become the ONNX constants' names, which quantisation keeps in fp32
+        assert runtime.NORMALISATION_CONSTANTS == ("mean", "inv_std")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).reshape(shape),
+                             persistent=False)
+
+    def forward(self, x):
+        return self.net((x - self.mean) * self.inv_std)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The architecture inside any input normalisation."""
+    return model.net if isinstance(model, InputNormalised) else model
+
+
+# ---------------------------------------------------------------------- checking args
+
+def check_arguments(architecture: str, args: dict, arch_key: str = "architecture",
+                    args_key: str = "model_args") -> None:
+    """Refuse an unknown architecture, or arguments it does not take, before anything runs."""
+    import inspect
+
+    if architecture not in _REGISTRY:
+        raise ModelpressError(f"{arch_key}: unknown architecture {architecture!r}; choose one of {architectures()}")
+    if not isinstance(args, dict):
+        raise ModelpressError(f"{args_key} must be a mapping of arguments, e.g. {{channels: [16, 32]}}")
+    accepted = [p for p in inspect.signature(_REGISTRY[architecture]).parameters
+                if p not in ("input_shape", "num_classes")]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ModelpressError(f"{args_key} {unknown} do not fit architecture {architecture!r}, which takes "
+                              f"{accepted}; set {args_key} for {architecture!r} (an override of {arch_key} "
+                              f"alone resets {args_key} to the architecture's defaults)")
+    try:  # values: build and run once on a small stand-in input (images: 1x32x32)
+        with torch.no_grad():
+            build(make_spec(architecture, [1, 32, 32], 2, **args)).eval()(torch.zeros(2, 1, 32, 32))
+    except (ModelpressError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelpressError(f"{args_key} {args} do not fit architecture {architecture!r}: {exc}") from None
+
+
 # ----------------------------------------------------------------------- build / save
 
-def make_spec(architecture: str, input_shape, num_classes: int, **args) -> dict:
-    return {"architecture": architecture,
+def make_spec(architecture: str, input_shape, num_classes: int, *, normalisation: dict | None = None,
+              **args) -> dict:
+    spec = {"architecture": architecture,
             "args": {"input_shape": list(input_shape), "num_classes": int(num_classes), **args}}
+    if normalisation:
+        spec["normalisation"] = {k: normalisation[k] for k in ("kind", "mean", "std")}
+    return spec
 
 
 def build(spec: dict) -> nn.Module:
@@ -191,6 +254,9 @@ def build(spec: dict) -> nn.Module:
         model = _REGISTRY[name](**args)
     except TypeError as exc:
         raise ModelpressError(f"bad arguments for architecture {name!r}: {exc}") from None
+    norm = spec.get("normalisation")
+    if norm:
+        model = InputNormalised(model, norm["mean"], norm["std"], norm["kind"])
     if spec.get("layer_shapes"):
         apply_layer_shapes(model, spec["layer_shapes"])
     return model

@@ -114,8 +114,13 @@ def quantise(onnx_dir: str, dataset_dir: str, out_dir: str, *, method: str = "st
 
             rng = np.random.default_rng(seed)
             take = rng.choice(len(ds.train.x), size=min(calibration_samples, len(ds.train.x)), replace=False)
-            input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+            graph = onnx.load(str(pre), load_external_data=False).graph
+            input_name = graph.input[0].name
+            # The input normalisation stays fp32: int8 mean/std would shift every feature, and
+            # the first weight layer quantises its (normalised) input anyway.
+            norm_nodes = [n.name for n in graph.node if set(n.input) & set(runtime.NORMALISATION_CONSTANTS)]
             quantize_static(str(pre), str(out), _reader(ds.train.x[np.sort(take)], input_name),
+                            nodes_to_exclude=norm_nodes,
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8,

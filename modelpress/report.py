@@ -1,34 +1,29 @@
-"""The comparison report: one self-contained HTML file (images embedded) and a Markdown table."""
+"""The comparison report: one self-contained HTML file (images embedded) and a Markdown table.
+
+Input: the benchmark results (comparison.benchmark) and, from the select step, the decision
+and blessing (selection.decide). A latency figure whose measurement windows did not settle
+(`latency_ms.stable` false) is printed with its label wherever it appears, never bare.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
+from . import report_plots
+from .report_plots import pareto_front  # noqa: F401  (public here since before the split)
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx")  # the ones that decide int8/bf16 kernels
+UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}  # selection.OBJECTIVES' units
+STABLE_WINDOWS = 3  # benchmarking.measure_windows pools, and judges stability on, 3 consecutive windows
+UNSTABLE_NOTE = ("unstable: the measurement windows did not settle (the last 3 windows' p50 latency and "
+                 "throughput did not agree within the stability tolerance), so this latency is indicative only; "
+                 "spread = (max − min) / min of those windows' p50, the figure selection uses as noise.")
 
 
 def _ordered(results: dict) -> list[dict]:
     rows = results["variants"]
     order = {"baseline": 0, "baseline-onnx": 1, "candidate": 2, "champion": 3}
     return sorted(rows, key=lambda r: order.get(r["role"], 2))
-
-
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names on the front: no other point is both at least as fast and at least as accurate."""
-    front = []
-    for name, lat, acc in points:
-        dominated = any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for _, l2, a2 in points)
-        if not dominated:
-            front.append(name)
-    return front
 
 
 def _int(v):
@@ -39,116 +34,253 @@ def _fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
 
+def _ms(v) -> str:
+    return "–" if v is None else f"{v:.4f} ms"
+
+
+def _window_range(row: dict) -> tuple[float, float] | None:
+    """The p50 range of the windows the figures pool (benchmarking.best_run), else the last ones."""
+    pooled = (row.get("latency_ms") or {}).get("pooled_windows")
+    w = row.get("window_p50_ms") or []
+    w = w[pooled[0]:pooled[1]] if pooled else w[-STABLE_WINDOWS:]
+    return (min(w), max(w)) if w else None
+
+
+def is_stable(row: dict) -> bool:
+    return bool((row.get("latency_ms") or {}).get("stable"))
+
+
+def spread(row: dict) -> float | None:
+    """Relative spread of the last windows' p50 (as selection's noise, without its floor)."""
+    rng = _window_range(row)
+    if not rng or len(row["window_p50_ms"]) < 2 or rng[0] <= 0:
+        return None
+    return (rng[1] - rng[0]) / rng[0]
+
+
+def stability_label(row: dict) -> str:
+    """'' for a stable measurement, else ' (unstable, spread 12 %)' (or ' (unstable)' with no windows)."""
+    if not row.get("latency_ms") or is_stable(row):
+        return ""
+    s = spread(row)
+    return " (unstable)" if s is None else f" (unstable, spread {s * 100:.0f} %)"
+
+
+def p50_text(row: dict, marker: str = "") -> str:
+    """The p50 with its unit and, when unstable, its label and an optional footnote marker."""
+    lat = row.get("latency_ms") or {}
+    label = stability_label(row)
+    return _ms(lat.get("p50")) + label + (marker if label else "")
+
+
+def _rows_by_name(results: dict) -> dict:
+    return {r["name"]: r for r in results["variants"]}
+
+
+def decision_text(results: dict, decision: dict) -> str:
+    """The decision's reason with the objective figure's unit and, if unstable, its label.
+
+    selection writes the figure as "(<value:.4g>)"; that one figure is annotated in place.
+    """
+    reason = decision.get("reason", "")
+    row = _rows_by_name(results).get(decision.get("chosen"))
+    objective = (decision.get("policy") or {}).get("objective", "p50")
+    entry = next((t for t in decision.get("table", []) if t["name"] == decision.get("chosen")), None)
+    if row is None or entry is None or entry.get("objective_value") is None:
+        return reason
+    value = f"{entry['objective_value']:.4g}"
+    unit = f" {UNITS[objective]}" if objective in UNITS else ""
+    label = stability_label(row) if UNITS.get(objective) == "ms" else ""
+    return reason.replace(f"({value})", f"({value}{unit}{label})", 1)
+
+
+def _unstable_caveat(results: dict, decision: dict) -> str:
+    """A warning naming the chosen, tied or other eligible variants whose latency is unstable, or ''.
+
+    Any of them can change the ranking, not just the winner."""
+    rows = _rows_by_name(results)
+    names = [decision.get("chosen")] + decision.get("ties", []) + [t["name"] for t in decision.get("table", [])
+                                                                   if t.get("eligible")]
+    names = list(dict.fromkeys(n for n in names if n))  # chosen first, each once
+    bad = [rows[n] for n in names if n in rows and rows[n].get("latency_ms") and not is_stable(rows[n])]
+    if not bad:
+        return ""
+    figures = "; ".join(f"{html.escape(r['name'])}: p50 {html.escape(p50_text(r))}" for r in bad)
+    return (f"<p class='warn'><b>Unstable latency:</b> {figures}. The windows did not settle, so the latency "
+            f"ranking is indicative only; re-run the benchmark on a quieter machine (or with more/longer windows) "
+            f"before relying on it.</p>")
+
+
 def markdown_table(results: dict, decision: dict | None = None) -> str:
     chosen = (decision or {}).get("chosen")
-    lines = ["| variant | role | accuracy | p50 ms | p95 ms | p99 ms | rows/s | size kB | params | MMACs |",
+    lines = ["| variant | role | accuracy | p50 | p95 | p99 | rows/s | size kB | params | MMACs |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    unstable, md_star = False, "\\*"  # a bare * would start emphasis in Markdown
     for r in _ordered(results):
         lat = r.get("latency_ms") or {}
         mark = " **(chosen)**" if r["name"] == chosen else ""
+        unstable |= bool(stability_label(r))
         lines.append(f"| {r['name']}{mark} | {r['role']} | {_fmt(r.get('accuracy'), '.4f')} | "
-                     f"{_fmt(lat.get('p50'), '.4f')} | {_fmt(lat.get('p95'), '.4f')} | {_fmt(lat.get('p99'), '.4f')} | "
+                     f"{p50_text(r, md_star)} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} | "
                      f"{_fmt(r.get('throughput_per_s'), ',.0f')} | {r['size_bytes'] / 1e3:,.1f} | "
                      f"{_fmt(_int(r.get('params')), ',')} | {_fmt(r['macs'] / 1e6 if r.get('macs') else None, '.2f')} |")
+    if unstable:
+        lines += ["", f"\\* {UNSTABLE_NOTE}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_cell(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
+def machine_html(machine: dict) -> str:
+    """The machine as a wrapping table: the flags that matter up front, the full list collapsed."""
+    trs = []
+    for k, v in machine.items():
+        if k == "cpu_flags":
+            flags = list(v or [])
+            have = {f: (any(x.startswith("amx") for x in flags) if f == "amx" else f in flags) for f in KEY_FLAGS}
+            key = " ".join(f"<span class='flag {'on' if ok else 'off'}'>{f} {'✓' if ok else '✗'}</span>"
+                           for f, ok in have.items())
+            cell = (f"{key}<details><summary>all {len(flags)} flags</summary>"
+                    f"<div class='wrap flags'>{html.escape(' '.join(flags))}</div></details>")
+        else:
+            cell = f"<div class='wrap'>{html.escape(_cell(v))}</div>"
+        trs.append(f"<tr><th>{html.escape(str(k))}</th><td>{cell}</td></tr>")
+    return "<h2>Machine</h2><table class='kv'>" + "".join(trs) + "</table>"
+
+
+def _scatter(rows: list[dict], decision: dict | None, chosen: str | None) -> tuple[str, str] | None:
+    """The latency/accuracy PNG and its key table (number -> variant), or None with nothing to plot."""
+    pts = [{"key": i, "name": r["name"], "p50": r["latency_ms"]["p50"], "accuracy": r["accuracy"],
+            "stable": is_stable(r), "window_range": _window_range(r), "row": r}
+           for i, r in enumerate((r for r in rows if r["latency_ms"].get("p50") is not None
+                                  and r.get("accuracy") is not None), start=1)]
+    if not pts:
+        return None
+    fig, _, _ = report_plots.latency_accuracy(pts, chosen, (decision or {}).get("accuracy_bar"))
+    front = set(pareto_front([(p["name"], p["p50"], p["accuracy"]) for p in pts]))
+    trs = []
+    for p in pts:
+        notes = [n for n, on in (("chosen", p["name"] == chosen), ("Pareto front", p["name"] in front)) if on]
+        trs.append(f"<tr><td>{p['key']}</td><td>{html.escape(p['name'])}</td>"
+                   f"<td>{html.escape(p50_text(p['row']))}</td><td>{p['accuracy']:.4f}</td>"
+                   f"<td>{', '.join(notes)}</td></tr>")
+    key = ("<table class='key'><tr><th>#</th><th>variant</th><th>p50</th><th>accuracy</th><th></th></tr>"
+           + "".join(trs) + "</table>")
+    return report_plots.png(fig), key
+
+
+def _constraints(results: dict, decision: dict) -> list[str]:
+    rows = _rows_by_name(results)
+    objective = (decision.get("policy") or {}).get("objective", "p50")
+    out = ["<h2>Constraints</h2><table><tr><th>variant</th><th>accuracy</th><th>objective</th>"
+           "<th>checks</th><th>eligible</th></tr>"]
+    noted = False
+    for t in decision["table"]:
+        row = rows.get(t["name"], {})
+        checks = dict(t["checks"])
+        candidate = checks.get("deployable", True)
+        if not candidate:
+            checks.pop("deployable")  # not a failure: it was never in the running (see the note)
+        shown = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in checks.items())
+        if candidate:
+            eligible = "yes" if t["eligible"] else "no"
+        elif t["name"] == decision.get("baseline") or row.get("role") == "baseline":
+            eligible, noted = "baseline (not a candidate)¹", True
+        else:
+            eligible, noted = f"not a candidate ({row.get('kind', 'not ONNX')})¹", True
+        value = t["objective_value"]
+        if value is not None and UNITS.get(objective) == "ms":
+            obj = _ms(value) + stability_label(row)
+        else:
+            obj = _fmt(value, ".4g") + (f" {UNITS[objective]}" if value is not None and objective in UNITS else "")
+        out.append(f"<tr><td>{html.escape(t['name'])}</td><td>{_fmt(t['accuracy'], '.4f')}</td>"
+                   f"<td>{html.escape(obj)}</td><td>{shown}</td><td>{html.escape(eligible)}</td></tr>")
+    out.append("</table>")
+    if noted:
+        out.append("<p class='note'>¹ Only ONNX variants are deployment candidates. The torch eager fp32 model is "
+                   "the baseline: its accuracy sets the accuracy bar and its latency is the reference for the "
+                   "speed-ups; it is measured for comparison and is never deployed.</p>")
+    return out
+
+
+CSS = ("<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+       "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
+       "text-align:right}td:first-child,td:nth-child(2),td:last-child{text-align:left}"
+       "tr.chosen{background:#ffe9e9;font-weight:600}pre{background:#f6f6f6;padding:1em;"
+       "white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%}"
+       ".wrap{overflow-wrap:anywhere;word-break:break-word;white-space:normal}"
+       "table.kv{max-width:100%;table-layout:fixed}table.kv th{text-align:left;vertical-align:top;width:9em}"
+       "table.kv td{text-align:left}.flag{display:inline-block;margin:0 .6em 2px 0;font-family:monospace}"
+       ".flag.on{color:#060;font-weight:600}.flag.off{color:#888}.flags{font-family:monospace;font-size:12px}"
+       ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.4em .8em}"
+       ".note{font-size:12px;color:#444}.figure{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}"
+       "</style>")
 
 
 def render_html(results: dict, decision: dict | None = None, blessing: dict | None = None,
                 title: str = "modelpress: model comparison") -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in _ordered(results) if r.get("latency_ms")]
     chosen = (decision or {}).get("chosen")
-    images = []
-    # latency vs accuracy, with the Pareto front and the accuracy bar
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    pts = [(r["name"], r["latency_ms"]["p50"], r["accuracy"]) for r in rows]
-    front = set(pareto_front(pts))
-    for name, lat, acc in pts:
-        ax.scatter(lat, acc, s=70 if name == chosen else 35, marker="*" if name == chosen else "o",
-                   color="tab:red" if name == chosen else ("tab:blue" if name in front else "tab:gray"), zorder=3)
-        ax.annotate(name, (lat, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    fp = sorted((lat, acc) for name, lat, acc in pts if name in front)
-    if fp:
-        ax.step([p[0] for p in fp], [p[1] for p in fp], where="post", color="tab:blue", lw=1, label="Pareto front")
-    if decision and decision.get("accuracy_bar") is not None:
-        ax.axhline(decision["accuracy_bar"], color="tab:red", ls="--", lw=1, label="accuracy bar (tolerance)")
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    images.append(("Latency vs accuracy", _png(fig)))
-    # on-disk size
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1))
-    ax.barh([r["name"] for r in rows], [r["size_bytes"] / 1e3 for r in rows],
-            color=["tab:red" if r["name"] == chosen else "tab:blue" for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("size on disk (kB)")
-    images.append(("Size", _png(fig)))
-    # confusion matrix of the chosen model
+    images = []  # (caption, data URI, HTML shown beside it)
+    scatter = _scatter(rows, decision, chosen)
+    if scatter:
+        images.append(("Latency vs accuracy", *scatter))
+    if rows:
+        images.append(("Size", report_plots.png(report_plots.sizes(
+            [r["name"] for r in rows], [r["size_bytes"] / 1e3 for r in rows], chosen)), ""))
     chosen_row = next((r for r in rows if r["name"] == chosen), None)
     if chosen_row and chosen_row.get("confusion_matrix"):
-        names = results["dataset"]["class_names"]
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        m = chosen_row["confusion_matrix"]
-        ax.imshow(m, cmap="Blues")
-        ax.set_xticks(range(len(names)), names, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        for i, row in enumerate(m):
-            for j, v in enumerate(row):
-                if v:
-                    ax.text(j, i, v, ha="center", va="center", fontsize=6)
-        images.append((f"Confusion matrix: {chosen}", _png(fig)))
-    # table
-    head = ["variant", "role", "accuracy", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "stable", "rows/s",
+        fig = report_plots.confusion(chosen_row["confusion_matrix"], results["dataset"]["class_names"])
+        images.append((f"Confusion matrix: {chosen}", report_plots.png(fig), ""))
+    head = ["variant", "role", "accuracy", "p50", "p90", "p95", "p99", "stable", "rows/s",
             "size kB", "gzip kB", "params", "MMACs", "GFLOP/s", "runtime"]
-    trs = []
+    trs, any_unstable = [], False
     for r in _ordered(results):
         lat = r.get("latency_ms") or {}
+        unstable = bool(stability_label(r))
+        any_unstable |= unstable
         cls = ' class="chosen"' if r["name"] == chosen else ""
         cells = [r["name"] + (" ★" if r["name"] == chosen else ""), r["role"], _fmt(r.get("accuracy"), ".4f"),
-                 _fmt(lat.get("p50"), ".4f"), _fmt(lat.get("p90"), ".4f"), _fmt(lat.get("p95"), ".4f"),
-                 _fmt(lat.get("p99"), ".4f"), "" if not lat else ("yes" if lat.get("stable") else "no"),
+                 p50_text(r, "*"), _ms(lat.get("p90")), _ms(lat.get("p95")), _ms(lat.get("p99")),
+                 "" if not lat else ("yes" if lat.get("stable") else "no*"),
                  _fmt(r.get("throughput_per_s"), ",.0f"), f"{r['size_bytes'] / 1e3:,.1f}",
                  f"{r['gzip_bytes'] / 1e3:,.1f}", _fmt(_int(r.get("params")), ","),
                  _fmt(r["macs"] / 1e6 if r.get("macs") else None, ".2f"),
                  _fmt(r["achieved_flops_per_s"] / 1e9 if r.get("achieved_flops_per_s") else None, ".2f"),
                  (r.get("runtime") or "") + (f" — {r['note']}" if r.get("note") else "")]
         trs.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}td:first-child,td:nth-child(2),td:last-child{text-align:left}"
-             "tr.chosen{background:#ffe9e9;font-weight:600}pre{background:#f6f6f6;padding:1em}"
-             "img{max-width:100%}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>", CSS,
+             "</head><body>", f"<h1>{html.escape(title)}</h1>"]
     if decision:
         parts.append(f"<p><b>Chosen:</b> {html.escape(str(decision.get('chosen')))} — "
-                     f"{html.escape(decision.get('reason', ''))}</p>")
+                     f"{html.escape(decision_text(results, decision))}</p>")
+        if chosen_row:
+            lat = chosen_row["latency_ms"]
+            parts.append(f"<p><b>Chosen variant:</b> accuracy {_fmt(chosen_row.get('accuracy'), '.4f')}, "
+                         f"p50 {html.escape(p50_text(chosen_row))}, p95 {_ms(lat.get('p95'))}, "
+                         f"size {chosen_row['size_bytes'] / 1e3:,.1f} kB</p>")
+        parts.append(_unstable_caveat(results, decision))
     if blessing:
         verdict = "blessed" if blessing["blessed"] else "not blessed"
         parts.append(f"<p><b>Deployment gate:</b> {verdict} — {html.escape(blessing['reason'])}</p>")
     parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(trs) + "</table>")
+    if any_unstable:
+        parts.append(f"<p class='note'>* {html.escape(UNSTABLE_NOTE)}</p>")
     if decision:
-        parts.append("<h2>Constraints</h2><table><tr><th>variant</th><th>accuracy</th><th>objective</th>"
-                     "<th>checks</th><th>eligible</th></tr>")
-        for t in decision["table"]:
-            checks = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in t["checks"].items())
-            parts.append(f"<tr><td>{html.escape(t['name'])}</td><td>{_fmt(t['accuracy'], '.4f')}</td>"
-                         f"<td>{_fmt(t['objective_value'], '.4g')}</td><td>{checks}</td>"
-                         f"<td>{'yes' if t['eligible'] else 'no'}</td></tr>")
-        parts.append("</table>")
-    for caption, src in images:
-        parts.append(f"<h2>{html.escape(caption)}</h2><img src='{src}' alt='{html.escape(caption)}'>")
-    machine = results.get("machine", {})
-    parts.append("<h2>Machine</h2><pre>" + html.escape("\n".join(f"{k}: {v}" for k, v in machine.items())) + "</pre>")
+        parts += _constraints(results, decision)
+    for caption, src, beside in images:
+        parts.append(f"<h2>{html.escape(caption)}</h2><div class='figure'>"
+                     f"<img src='{src}' alt='{html.escape(caption)}'>{beside}</div>")
+    parts.append(machine_html(results.get("machine", {})))
     if results.get("gpu"):
         parts.append("<h2>GPU</h2><pre>" + html.escape("\n".join(
-            f"{g['name']}: p50 {g['latency_ms']['p50']:.4f} ms, {g['throughput_per_s']:,.0f} rows/s"
+            f"{g['name']}: p50 {p50_text(g)}, {g['throughput_per_s']:,.0f} rows/s"
             for g in results["gpu"])) + "</pre>")
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)

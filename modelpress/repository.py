@@ -8,6 +8,7 @@ next to the old ones, atomically: the version folder appears complete or not at 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -73,7 +74,22 @@ def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.version_policy.latest.num_versions = 1
+    for key, value in describe_for_clients(runtime.read_meta(onnx_path)).items():
+        config.parameters[key].string_value = value
     return config
+
+
+def describe_for_clients(meta: dict) -> dict[str, str]:
+    """What to send and what comes back, as config.pbtxt parameters (Triton ignores unknown ones).
+
+    Strings, since Triton's parameters are string-valued; lists and dicts as JSON.
+    """
+    info = meta.get("input") or {}
+    out = {f"input_{k}": v if isinstance(v, str) else json.dumps(v)
+           for k, v in info.items() if k not in ("name", "datatype", "shape")}
+    if meta.get("class_names"):
+        out["class_names"] = json.dumps(list(meta["class_names"]))
+    return out
 
 
 def read_config(repository: str | os.PathLike, name: str):

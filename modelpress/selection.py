@@ -50,6 +50,16 @@ class Policy:
         return reference - self.tolerance
 
 
+UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}
+
+
+def instability(row: dict | None) -> str:
+    """'' for a stable latency measurement, else ' (unstable, spread 35 %)', as the report says it."""
+    from .report import stability_label
+
+    return stability_label(row or {})
+
+
 def _value(row: dict, objective: str) -> float | None:
     key, sub, _ = OBJECTIVES[objective]
     v = row.get(key)
@@ -60,6 +70,9 @@ def _value(row: dict, objective: str) -> float | None:
 
 def _noise(row: dict, policy: Policy) -> float:
     """Relative spread of the variant's window medians: what the measurement can resolve."""
+    lat = row.get("latency_ms") or {}
+    if lat.get("spread") is not None:  # the spread of the windows its figures pool
+        return max(policy.min_noise, lat["spread"])
     w = row.get("window_p50_ms") or []
     spread = (max(w[-3:]) - min(w[-3:])) / min(w[-3:]) if len(w) >= 2 and min(w[-3:]) > 0 else 0.0
     return max(policy.min_noise, spread)
@@ -107,11 +120,22 @@ def select(results: dict, policy: Policy) -> dict:
     ties.sort(key=lambda t: (t["size_bytes"], -(t["accuracy"] or 0)))
     chosen = ties[0]
     decision.update(chosen=chosen["name"], ties=[t["name"] for t in ties], noise=noise)
-    why = (f"{chosen['name']} has the best {policy.objective} ({chosen['objective_value']:.4g}) among "
-           f"{len(eligible)} variant(s) meeting accuracy >= {bar:.4f}")
-    if len(ties) > 1:
-        why += (f"; {', '.join(t['name'] for t in ties if t is not chosen)} within the measured noise "
-                f"({noise:.1%}), so the smallest won")
+    rows_by_name = {r["name"]: r for r in rows}
+
+    def figure(t):  # "0.0233 ms" plus the instability, if any, next to the figure itself
+        return f"{t['objective_value']:.4g} {UNITS[policy.objective]}{instability(rows_by_name[t['name']])}"
+
+    if chosen is best:
+        why = (f"{chosen['name']} has the best {policy.objective} ({figure(chosen)}) among "
+               f"{len(eligible)} variant(s) meeting accuracy >= {bar:.4f}")
+        if len(ties) > 1:
+            why += (f"; {', '.join(t['name'] for t in ties if t is not chosen)} within the measured noise "
+                    f"({noise:.0%}) of it, but not smaller")
+    else:
+        why = (f"a tie within the measured noise ({noise:.0%}), won by size: {best['name']} measured the best "
+               f"{policy.objective} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is within the noise "
+               f"and smaller ({chosen['size_bytes'] / 1e3:,.1f} kB vs {best['size_bytes'] / 1e3:,.1f} kB); "
+               f"{len(eligible)} variant(s) meet accuracy >= {bar:.4f}")
     decision["reason"] = why
     return decision
 
@@ -148,6 +172,8 @@ def ratios(results: dict, name: str) -> dict:
         out[f"speedup_p50_vs_{label}"] = ref["latency_ms"]["p50"] / chosen["latency_ms"]["p50"]
         out[f"size_ratio_vs_{label}"] = chosen["size_bytes"] / ref["size_bytes"]
         out[f"accuracy_delta_vs_{label}"] = chosen["accuracy"] - ref["accuracy"]
+        # a ratio is only as steady as both figures: 1.0 when both measurements were stable
+        out[f"stable_vs_{label}"] = float(not instability(ref) and not instability(chosen))
     return out
 
 

@@ -207,7 +207,8 @@ def prepare(dataset_dir: str, architecture: str, model_args: dict | None,
             settings: TrainSettings) -> tuple[Dataset, dict, nn.Module]:
     """Load the dataset artifact and build the seeded model it asks for."""
     ds = load_dataset(dataset_dir)
-    spec = models.make_spec(architecture, ds.feature_shape, len(ds.class_names), **(model_args or {}))
+    spec = models.make_spec(architecture, ds.feature_shape, len(ds.class_names),
+                            normalisation=ds.schema.get("normalisation"), **(model_args or {}))
     torch.manual_seed(settings.seed)
     return ds, spec, models.build(spec)
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _CACHE = re.compile(r"Task '?([^' ]+)'? cache hit \(key=(\w+)\)")
 _PIPE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
+# the last line of a Python traceback: "modelpress.errors.ModelpressError: what went wrong"
+_ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
 KEY_METRICS = ("test_accuracy", "accuracy", "max_abs_diff", "size_bytes", "samples_per_s",
                "training_pflop_days", "epochs_run")
 
@@ -93,7 +96,7 @@ class LogTee(io.TextIOBase):
                 rec.status, rec.ended = m.group(2), now
                 self.console.write(f"  {rec.name}: {rec.status} in {rec.seconds:.1f}s\n")
                 if rec.status != "SUCCESS" and not self.verbose:
-                    self.console.write("".join(f"    {ln}\n" for ln in rec.lines[-25:]))
+                    self.console.write(f"    {rec.name} failed: {task_error(rec.lines)} (traceback in run.log)\n")
             self._current = self._running[-1] if self._running else None
         elif m := _PIPE_END.search(line):
             self.pipeline_status = m.group(2)
@@ -108,6 +111,34 @@ class LogTee(io.TextIOBase):
             return
         if show:
             self.console.write(line + "\n")
+
+
+def task_error(lines: list[str]) -> str:
+    """The one line that says why a task failed: our own error's message, else the last exception."""
+    found = [m for m in (_ERROR.match(ln) for ln in lines) if m]
+    ours = [m for m in found if m.group(1) == "ModelpressError"]
+    m = (ours or found or [None])[-1]
+    if m is None:
+        return lines[-1] if lines else "no output; see run.log"
+    return m.group(2) if m.group(1) == "ModelpressError" else f"{m.group(1)}: {m.group(2)}"
+
+
+def failure_line(summary: dict) -> str:
+    """What run_local.py prints last when a run fails."""
+    failed = [t for t in summary["tasks"] if t["status"] not in ("SUCCESS", "CACHED")]
+    if not failed:
+        return f"pipeline {summary.get('pipeline')} ended {summary['status']}; see {summary.get('log_path')}"
+    t = failed[0]
+    return f"{t['task']} failed: {t.get('error') or 'see run.log'}"
+
+
+def task_label(name: str, metadata: dict) -> str:
+    """A task name that says which iteration it was: ParallelFor repeats names (quantise-3 twice)."""
+    q = (metadata.get("quantised") or {}).get("quantisation") or {}
+    if q.get("method"):
+        source = Path(str(metadata["quantised"].get("source_model", ""))).parent.name
+        return f"{name} [{q['method']}{' of ' + source if source else ''}]"
+    return name
 
 
 def _outputs_from_executor(path: Path) -> dict:
@@ -156,12 +187,12 @@ def summarise(tee: LogTee, run_dir: Path | None, pipeline_root: Path) -> dict:
                 params[name] = value
         work = metrics.get("work_seconds")
         overhead = round(rec.seconds - work, 3) if work is not None and not rec.cached else None
-        tasks.append({"task": rec.name, "path": where, "status": rec.status, "cached": rec.cached,
+        art_meta = {k: v["metadata"] for k, v in outputs.items() if isinstance(v, dict) and "metadata" in v}
+        tasks.append({"task": task_label(rec.name, art_meta), "path": where, "status": rec.status,
+                      "cached": rec.cached, "error": task_error(rec.lines) if rec.status == "FAILURE" else None,
                       "seconds": rec.seconds, "work_seconds": work, "overhead_seconds": overhead,
                       "parameters": params, "metrics": metrics,
-                      "artifacts": artifacts,
-                      "artifact_metadata": {k: v["metadata"] for k, v in outputs.items()
-                                            if isinstance(v, dict) and "metadata" in v}})
+                      "artifacts": artifacts, "artifact_metadata": art_meta})
     summary = {"status": tee.pipeline_status or ("FAILURE" if any(t["status"] == "FAILURE" for t in tasks)
                                               else "UNKNOWN"),
             "run_dir": str(run_dir) if run_dir else None, "tasks": tasks}
@@ -170,18 +201,37 @@ def summarise(tee: LogTee, run_dir: Path | None, pipeline_root: Path) -> dict:
 
 
 def _highlights(tasks: list[dict]) -> dict:
-    """What the optimise pipeline decided, lifted out of its select and deploy tasks."""
+    """What the optimise pipeline decided, lifted out of its benchmark, select and deploy tasks."""
     sel = next((t for t in tasks if t["task"] == "select"), None)
     if sel is None:
         return {}
     chosen = sel["artifact_metadata"].get("chosen", {})
     out = {"selected_variant": chosen.get("variant"), "blessed": sel["parameters"].get("Output"),
            "reason": chosen.get("reason"),
-           "ratios": {k: v for k, v in sel["metrics"].items() if k.startswith(("speedup", "size_ratio", "accuracy"))},
-           "report": sel["artifacts"].get("report"), "table": sel["artifacts"].get("table")}
+           "ratios": {k: v for k, v in sel["metrics"].items()
+                      if k.startswith(("speedup", "size_ratio", "accuracy", "stable_vs"))},
+           "report": sel["artifacts"].get("report"), "table": sel["artifacts"].get("table"),
+           "latency": _latencies(tasks, chosen.get("variant"))}
     dep = next((t for t in tasks if t["task"].startswith("deploy")), None)
     out["deployed_version"] = dep["parameters"].get("Output") if dep and dep["status"] == "SUCCESS" else None
     return out
+
+
+def _latencies(tasks: list[dict], chosen: str | None) -> dict:
+    """p50 (ms) and its instability for the chosen variant and the two baselines, from the results."""
+    from modelpress.selection import instability
+
+    bench = next((t for t in tasks if t["task"] in ("benchmark", "score-challenger")), None)
+    uri = (bench or {}).get("artifacts", {}).get("results")
+    try:
+        rows = json.loads(Path(uri).read_text())["variants"] if uri else []
+    except (OSError, ValueError, KeyError):
+        return {}
+    picked = {"chosen": next((r for r in rows if r["name"] == chosen), None),
+              "torch": next((r for r in rows if r["role"] == "baseline"), None),
+              "onnx_fp32": next((r for r in rows if r["role"] == "baseline-onnx"), None)}
+    return {k: {"name": r["name"], "p50_ms": r["latency_ms"]["p50"], "unstable": instability(r)}
+            for k, r in picked.items() if r and r.get("latency_ms")}
 
 
 def _fmt(value) -> str:
@@ -190,25 +240,41 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def headline(res: dict) -> list[str]:
+    """The speed-up lines: a ratio is headlined only when both of its figures were stable."""
+    lines, r, lat = [], res.get("ratios", {}), res.get("latency", {})
+    for label, key in (("torch eager fp32", "torch"), ("ONNX fp32", "onnx_fp32")):
+        if f"speedup_p50_vs_{key}" not in r:
+            continue
+        mine, ref = lat.get("chosen"), lat.get(key)
+        figures = (f"p50 {mine['p50_ms']:.4g} ms{mine['unstable']} vs {ref['p50_ms']:.4g} ms{ref['unstable']}"
+                   if mine and ref else "p50")
+        rest = (f"{r[f'size_ratio_vs_{key}']:.3f}x the size, accuracy "
+                f"{100 * r[f'accuracy_delta_vs_{key}']:+.2f} points")
+        if r.get(f"stable_vs_{key}", 1.0):
+            lines.append(f"  vs {label}: {r[f'speedup_p50_vs_{key}']:.2f}x faster ({figures}, batch 1), {rest}")
+        else:
+            lines.append(f"  vs {label}: speed-up not headlined, the latency was unstable ({figures}, batch 1; "
+                         f"ratio {r[f'speedup_p50_vs_{key}']:.2f}x indicative only: rerun on a quiet machine), {rest}")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"pipeline {summary['pipeline']}: {summary['status']} in {summary['seconds']:.1f}s",
-             f"  {'task':<28} {'status':<8} {'seconds':>8} {'overhead':>8}  key metrics"]
+             f"  {'task':<40} {'status':<8} {'seconds':>8} {'overhead':>8}  key metrics"]
     for t in summary["tasks"]:
         keys = [k for k in KEY_METRICS if k in t["metrics"]][:4]
         shown = ", ".join(f"{k}={_fmt(t['metrics'][k])}" for k in keys)
         over = f"{t['overhead_seconds']:.1f}" if t.get("overhead_seconds") is not None else "-"
-        lines.append(f"  {t['task']:<28} {t['status']:<8} {t['seconds']:>8.1f} {over:>8}  {shown}")
+        lines.append(f"  {t['task']:<40} {t['status']:<8} {t['seconds']:>8.1f} {over:>8}  {shown}")
+        if t.get("error"):
+            lines.append(f"    error: {t['error']}")
     res = summary.get("result") or {}
     if res:
         lines.append(f"selected: {res['selected_variant'] or 'nothing'}"
                      + (f" ({res['reason']})" if res.get("reason") else ""))
-        r = res.get("ratios", {})
-        for label, key in (("torch eager fp32", "torch"), ("ONNX fp32", "onnx_fp32")):
-            if f"speedup_p50_vs_{key}" in r:
-                lines.append(f"  vs {label}: {r[f'speedup_p50_vs_{key}']:.2f}x faster (p50, batch 1), "
-                             f"{r[f'size_ratio_vs_{key}']:.3f}x the size, accuracy "
-                             f"{100 * r[f'accuracy_delta_vs_{key}']:+.2f} points")
-        lines.append(f"  report: {res.get('report')}")
+        lines += headline(res)
+        lines.append(f"  report: {summary.get('report_path') or res.get('report')}")
         lines.append(f"  deployed: version {res['deployed_version']} (serve it: make serve, then see README "
                      "'Serving')" if res.get("deployed_version") else "  deployed: nothing (not blessed)")
     lines.append("outputs:")
@@ -321,6 +387,10 @@ def run(pipeline, pipeline_name: str, parameters: dict, pipeline_root: str, *,
         summary["run_dir"] = str(run_dir)
     final_log = run_dir / "run.log"
     log_path.replace(final_log)
+    report = (summary.get("result") or {}).get("report")
+    if report and Path(report).is_file():  # KFP's HTML artifact has no suffix: a browser shows its source
+        shutil.copyfile(report, run_dir / "report.html")
+        summary["report_path"] = str(run_dir / "report.html")
     summary["log_path"] = str(final_log)
     summary["summary_path"] = str(run_dir / "summary.json")
     write_json_atomic(run_dir / "summary.json", summary)

@@ -23,6 +23,7 @@ def build(target: Target):
                                                 "fastest model within the accuracy tolerance.")
     def optimise(
         source: str = "digits",
+        source_fingerprint: str = "",
         label_column: str = "label",
         image_size: int = 0,
         seed: int = 0,
@@ -53,7 +54,8 @@ def build(target: Target):
         model_name: str = "digits",
     ):
         t = target.apply
-        data_task = t(make_dataset(source=source, label_column=label_column, image_size=image_size, seed=seed))
+        data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
+                                   image_size=image_size, seed=seed))
         ds = data_task.outputs["dataset"]
         train_task = t(train(dataset=ds, architecture=architecture, model_args=model_args, epochs=epochs,
                              batch_size=batch_size, learning_rate=learning_rate, seed=seed))

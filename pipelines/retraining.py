@@ -23,6 +23,7 @@ def build(target: Target):
                                                   "champion on the same test split, deploy only if blessed.")
     def retraining(
         source: str = "digits",
+        source_fingerprint: str = "",
         label_column: str = "label",
         image_size: int = 0,
         seed: int = 0,
@@ -45,8 +46,8 @@ def build(target: Target):
         t = target.apply
         # Not cached: a scheduled run reads the same URI after its content was refreshed, and
         # warm_start="champion" depends on what is deployed now.
-        data_task = t(make_dataset(source=source, label_column=label_column, image_size=image_size, seed=seed),
-                      cache=False)
+        data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
+                                   image_size=image_size, seed=seed), cache=False)
         ds = data_task.outputs["dataset"]
         train_task = t(train_challenger(dataset=ds, warm_start=warm_start, repository=repository,
                                         model_name=model_name, architecture=architecture,

@@ -47,11 +47,13 @@ def host_paths(params: dict, pipeline_root: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=settings.parameter_help())
     parser.add_argument("pipeline", choices=sorted(PIPELINES))
     parser.add_argument("--config", default=str(settings.CONFIG_DIR / "local.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one pipeline parameter (value parsed as YAML); repeatable")
+                        help="override one pipeline parameter (value parsed as YAML); repeatable. "
+                             "Keys per pipeline are listed below")
     parser.add_argument("--pipeline-root", help="where runs are written (default: from the config)")
     parser.add_argument("--no-cache", action="store_true", help="run every task even if cached")
     parser.add_argument("--verbose", action="store_true", help="stream the runner's full output")
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
         if args.image and args.runner != "docker":
             raise ModelpressError("--image applies to --runner docker only; add --runner docker")
         cfg = settings.load("local", args.config)
-        params = cfg.pipeline_parameters(args.pipeline, parse_overrides(args.overrides))
+        params = cfg.pipeline_parameters(args.pipeline, parse_overrides(args.overrides), fingerprint=True)
         target = replace(cfg.target, image=args.image) if args.image else cfg.target
         pipeline_root = Path(args.pipeline_root or cfg.pipeline_root).resolve()
         runner = None
@@ -79,7 +81,10 @@ def main(argv=None) -> int:
     summary = local_run.run(pipeline, args.pipeline, params, str(pipeline_root),
                             cache=not args.no_cache, verbose=args.verbose, runner=runner)
     print(local_run.format_summary(summary))
-    return 0 if summary["status"] == "SUCCESS" else 1
+    if summary["status"] != "SUCCESS":
+        print(f"error: {local_run.failure_line(summary)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

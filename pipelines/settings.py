@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modelpress.config import check_keys, check_parameters, load_yaml
 from modelpress.errors import ModelpressError
+from modelpress.fingerprint import fingerprint as content_fingerprint
 from modelpress.vertex import GIT_SHA, Serving, resolve_image
 from pipelines.registry import PIPELINES
 from pipelines.signature import signature
@@ -30,7 +31,9 @@ VERTEX_REQUIRED = ("image", "pipeline_root", "project", "region", "service_accou
 
 
 LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start"}
+INPUT_PATH_PARAMETERS = {"source", "warm_start"}  # must exist before a run starts
 NOT_PATHS = {"digits", "champion"}  # the built-in dataset; warm start from the deployed champion
+ARCHITECTURE_ARGUMENTS = (("architecture", "model_args"), ("student_architecture", "student_args"))
 
 
 @dataclass
@@ -47,18 +50,48 @@ class TargetConfig:
     def service_account(self) -> str:
         return self.target.service_account
 
-    def pipeline_parameters(self, name: str, overrides: dict | None = None) -> dict:
+    def pipeline_parameters(self, name: str, overrides: dict | None = None, *, fingerprint: bool = False,
+                            gcs_client=None) -> dict:
+        """The config's parameters for `name` with `overrides`, checked; with `fingerprint`, the
+        source's content fingerprint filled in (it keys the data step's cache)."""
         pipeline = PIPELINES[name](self.target)
         sig = signature(pipeline)
-        values = check_parameters({**self.parameters.get(name, {}), **(overrides or {})}, sig, name)
-        if self.target.name == "local":
+        base = dict(self.parameters.get(name, {}))
+        overrides = dict(overrides or {})
+        for arch_key, args_key in ARCHITECTURE_ARGUMENTS:
+            # model arguments belong to their architecture: a new one starts from its defaults
+            if arch_key in overrides and args_key not in overrides and overrides[arch_key] != base.get(arch_key):
+                base[args_key] = {}
+        values = check_parameters({**base, **overrides}, sig, name)
+        for key in LOCAL_PATH_PARAMETERS & set(sig):
+            value = str(values.get(key, sig[key][1]) or "")
+            if not value or value.startswith("gs://") or value in NOT_PATHS:
+                continue
+            if self.target.name == "vertex":
+                raise ModelpressError(f"{key}={value!r}: on Vertex AI paths must be gs:// URIs (upload it with "
+                                      "`gcloud storage cp`, see README 'Run on Vertex AI')")
             # Relative paths mean "from where you run the command"; steps get absolute ones.
-            for key in LOCAL_PATH_PARAMETERS & set(sig):
-                value = values.get(key, sig[key][1])
-                if value and not str(value).startswith("gs://") and value not in NOT_PATHS \
-                        and not Path(value).is_absolute():
-                    values[key] = str(Path(value).resolve())
+            path = Path(value).resolve()
+            if key in INPUT_PATH_PARAMETERS and not path.exists():
+                raise ModelpressError(f"{key}={value!r}: {path} does not exist; give 'digits', an existing "
+                                      ".csv/.npz file or an image folder")
+            values[key] = str(path)
+        if fingerprint and "source_fingerprint" in sig and not values.get("source_fingerprint"):
+            values["source_fingerprint"] = content_fingerprint(values.get("source", sig["source"][1]),
+                                                               gcs_client=gcs_client)
         return values
+
+
+def parameter_help() -> str:
+    """`--set` keys per pipeline with their defaults, for --help."""
+    from pipelines.targets import Target
+
+    lines = ["--set keys (default in parentheses; configs/local.yaml may set others):"]
+    for name in sorted(PIPELINES):
+        sig = signature(PIPELINES[name](Target(name="local")))
+        shown = ", ".join(f"{k} ({d!r})" if d not in ("", None) else k for k, (_, d) in sig.items())
+        lines.append(f"  {name}: {shown}")
+    return "\n".join(lines)
 
 
 def git_sha() -> str:

@@ -13,12 +13,15 @@ The cron names its time zone: "TZ=Europe/Brussels 0 3 * * 1".
 
 --dry-run prints the exact requests as JSON on stdout and sends nothing; it needs no
 credentials. Images: GIT_SHA in the config becomes --image-tag, else `git rev-parse --short HEAD`.
+The shipped config's example project (my-project) and bucket (my-bucket) are refused before any
+Google Cloud call; a dry run only warns, one line per key, so the requests can be read first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ if __package__ in (None, ""):
 from modelpress import vertex
 from modelpress.config import parse_overrides
 from modelpress.errors import ModelpressError
+from modelpress.fingerprint import fingerprint as content_fingerprint
 from pipelines import settings
 from pipelines.compile import compile_pipeline
 from pipelines.registry import PIPELINES
@@ -48,10 +52,101 @@ def _plan(args, cfg) -> list[dict]:
     return [{"pipeline": args.pipeline, "parameters": params, "schedule": schedule}]
 
 
+# The example values configs/vertex.yaml and configs/schedules.yaml ship with. Matched as whole
+# names (not inside, say, my-project-123), wherever they occur: ids, gs:// URIs, image names.
+PLACEHOLDERS = {"my-project": "project", "my-bucket": "bucket"}
+_PLACEHOLDER = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, PLACEHOLDERS)) + r")(?![\w-])")
+_FIX = {
+    "project": "your Google Cloud project id",
+    "service_account": "the service account that runs the pipeline, <name>@<your project>.iam.gserviceaccount.com",
+    "image": "an image in your Artifact Registry repository, "
+             "<region>-docker.pkg.dev/<your project>/modelpress/<name>:GIT_SHA",
+    "source": "the gs:// URI of your data (`gcloud storage cp FILE gs://<your bucket>/data/`), or --set source=...",
+}
+SETUP_HINT = "README: Run on Vertex AI, step 0"
+
+
+def _shown(path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(settings.ROOT)) if path.is_relative_to(settings.ROOT) else str(path)
+
+
+def placeholder_warnings(args, cfg, plan) -> list[tuple[str, str]]:
+    """(key, one-line warning) for every setting that still holds an example placeholder.
+
+    The config's own keys are read as written (images before GIT_SHA is filled in); the
+    parameters as the run gets them, so `--set source=gs://...` or a schedule's own value
+    replaces the config's placeholder and is not reported."""
+    config = _shown(args.config)
+    raw = cfg.raw
+    found = [(f"{config} {key}", key, value) for key, value in [
+        ("project", raw.get("project")), ("pipeline_root", raw.get("pipeline_root")),
+        ("service_account", raw.get("service_account")), ("image", raw.get("image")),
+        ("distributed.image", (raw.get("distributed") or {}).get("image")),
+        ("serving.serve_image", (raw.get("serving") or {}).get("serve_image"))]]
+    for item in plan:
+        from_config = cfg.parameters.get(item["pipeline"]) or {}
+        for name, value in item["parameters"].items():
+            if from_config.get(name) == value:
+                key = f"parameters.{item['pipeline']}.{name}"
+                found.append((f"{config} {key}", key, value))
+            elif args.schedules:
+                label = f"{_shown(args.schedules)} {item['schedule']['display_name']} parameters.{name}"
+                found.append((label, label, value))
+            else:
+                found.append((f"--set {name}", f"--set {name}", value))
+    out, seen = [], set()
+    for label, key, value in found:
+        match = _PLACEHOLDER.search(value) if isinstance(value, str) else None
+        if not match or key in seen:
+            continue
+        seen.add(key)
+        kind = PLACEHOLDERS[match.group(1)]
+        leaf = key.rsplit(".", 1)[-1]
+        fix = _FIX.get("image" if leaf.endswith("image") else leaf) or \
+            ("a gs:// URI in your bucket" if value.startswith("gs://") else f"your {kind}")
+        out.append((key, f"warning: {label} = {value!r} still holds the example {kind} {match.group(1)!r}: "
+                         f"set {fix} ({SETUP_HINT})"))
+    return out
+
+
+def fingerprint_source(item: dict, cfg, *, dry_run: bool, log) -> None:
+    """Fill the source's content fingerprint, which keys the data step's cache.
+
+    A schedule's parameters are fixed when it is made, so its runs cannot fingerprint the data
+    each one reads: retraining never caches its data step; for other pipelines say so.
+    """
+    params = item["parameters"]
+    source = str(params.get("source", ""))
+    if not source or params.get("source_fingerprint"):
+        return
+    if item["schedule"]:
+        if item["pipeline"] != "retraining" and cfg.enable_caching is not False:
+            log(f"warning: schedule {item['schedule']['display_name']}: {item['pipeline']}'s data step is cached "
+                "and a schedule cannot fingerprint each run's data; set enable_caching: false in the config "
+                "if the data behind its source changes")
+        return
+    if dry_run and source.startswith("gs://"):
+        log(f"dry run: source_fingerprint of {source} is read from Cloud Storage at submission")
+        return
+    params["source_fingerprint"] = content_fingerprint(source)
+    log(f"source {source}: content fingerprint {params['source_fingerprint']} (the data step's cache key)")
+
+
 def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[dict]:
     """Compile, build the jobs, then send (or, with --dry-run, only describe) the requests."""
     cfg = settings.load("vertex", args.config, image_tag=args.image_tag)
     plan = _plan(args, cfg)
+    placeholders = placeholder_warnings(args, cfg, plan)
+    if placeholders and not args.dry_run:  # before compiling, credentials or any Google Cloud call
+        keys = ", ".join(key for key, _ in placeholders)
+        raise ModelpressError(f"{_shown(args.config)} still holds the example project/bucket in {keys}: set "
+                              f"your project, bucket, service account and registry there ({SETUP_HINT}); "
+                              "--dry-run lists each")
+    for _, warning in placeholders:
+        log(warning)
+    for item in plan:
+        fingerprint_source(item, cfg, dry_run=args.dry_run, log=log)
     credentials = None
     if args.dry_run:  # the SDK resolves credentials when it builds a resource; give it ones that never call
         from google.auth.credentials import AnonymousCredentials

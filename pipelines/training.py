@@ -11,6 +11,7 @@ def build(target: Target):
     @dsl.pipeline(name="training", description="Train a PyTorch model and export it to ONNX.")
     def training(
         source: str = "digits",
+        source_fingerprint: str = "",
         label_column: str = "label",
         image_size: int = 0,
         seed: int = 0,
@@ -24,7 +25,8 @@ def build(target: Target):
         patience: int = 5,
         device: str = "auto",
     ):
-        data_task = target.apply(make_dataset(source=source, label_column=label_column,
+        data_task = target.apply(make_dataset(source=source, source_fingerprint=source_fingerprint,
+                                              label_column=label_column,
                                               image_size=image_size, seed=seed))
         # local: the train component; vertex: distributed-train as a custom job over worker pools
         train_task = target.train(

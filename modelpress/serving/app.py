@@ -1,7 +1,9 @@
 """The HTTP application: KServe v2 routes as Triton serves them, plus Vertex AI's routes.
 
 Client mistakes are answered 4xx with {"error": message}; overload 503 with Retry-After;
-a request that waits past its timeout 504. Nothing a client sends produces a 5xx.
+a request that waits past its timeout 504; a model that fails on a batch 500 with the
+reason. Nothing a client sends produces a 5xx. Class names, probabilities and top-k classes
+beside the logits come from postprocess.py.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
+from . import postprocess
 from .batching import SchedulerClosed, ServerError
 from .protocol import BINARY_HEADER, DATATYPES, ClientError, encode_infer, parse_infer
 from .store import ModelStore, ModelVersion
 
 log = logging.getLogger("modelpress.serve")
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository",
+              "schedule_policy"]
 _INT64_FIELDS = {"dims", "max_queue_delay_microseconds", "versions", "default_queue_policy_timeout_microseconds"}
 
 
@@ -96,14 +100,17 @@ class InferenceApp:
         return b"".join(chunks)
 
     async def _run(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str] | None,
-                   version: str | None = None):
-        """Validate, queue, execute; count the outcome in the version's stats. Returns the
-        outputs and the version that produced them."""
+                   version: str | None = None, post=None):
+        """Validate, queue, execute, then `post(mv, result)`; count the outcome in the version's
+        stats. Returns the outputs and the version that produced them."""
         start = time.perf_counter_ns()
         for _ in range(3):
             try:
                 rows = mv.check(inputs, outputs)
                 result = await mv.scheduler.infer(inputs, rows, self.settings.request_timeout_s)
+                result = result if outputs is None else {k: result[k] for k in outputs}
+                if post:
+                    result = post(mv, result)
                 break
             except SchedulerClosed:  # swapped out while this request was being read: use the new one
                 mv = self.store.get(mv.name, version)
@@ -119,7 +126,7 @@ class InferenceApp:
         stats.success_ns += elapsed
         if self.metrics:
             self.metrics.observe(mv, "request", elapsed / 1e9)
-        return (result if outputs is None else {k: result[k] for k in outputs}), mv
+        return result, mv
 
     @staticmethod
     def _count_failure(mv: ModelVersion, start_ns: int) -> None:
@@ -131,7 +138,11 @@ class InferenceApp:
         return Response(status_code=200)
 
     async def ready(self, request):
-        return Response(status_code=200 if self.store.ready else 503)
+        if self.store.ready:
+            return Response(status_code=200)
+        why = [f"{mv.name}/{mv.version}: {mv.scheduler.failure}" for mv in self.store.all_versions() if not mv.ready]
+        why += [f"{key}: {reason}" for key, reason in sorted(self.store.errors.items())]
+        return _error("; ".join(why) or "no model is loaded yet", 503)
 
     async def server_metadata(self, request):
         return _json({"name": "modelpress", "version": __version__, "extensions": EXTENSIONS})
@@ -144,8 +155,9 @@ class InferenceApp:
         return _json(mv.metadata(self.store.versions(mv.name)))
 
     async def model_ready(self, request):
-        self._model(request)
-        return Response(status_code=200)
+        mv = self._model(request)
+        return Response(status_code=200) if mv.ready else _error(f"model {mv.name} version {mv.version} is not "
+                                                                 f"ready: {mv.scheduler.failure}", 503)
 
     async def model_config(self, request):
         from google.protobuf import json_format
@@ -163,8 +175,8 @@ class InferenceApp:
         return _json({"model_stats": [_stats(mv) for mv in mvs]})
 
     async def repository_index(self, request):
-        index = [{"name": mv.name, "version": str(mv.version), "state": "READY", "reason": ""}
-                 for mv in self.store.all_versions()]
+        index = [{"name": mv.name, "version": str(mv.version), "state": "READY" if mv.ready else "UNAVAILABLE",
+                  "reason": mv.scheduler.failure or ""} for mv in self.store.all_versions()]
         for key, why in sorted(self.store.errors.items()):
             name, _, version = key.partition("/")
             index.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": why})
@@ -177,7 +189,13 @@ class InferenceApp:
 
     async def _infer_v2(self, mv: ModelVersion, body: bytes, header: str | None, version: str | None = None):
         req = parse_infer(body, header)
-        outputs, mv = await self._run(mv, req.inputs, req.outputs, version)
+        plan = postprocess.plan(mv, req.outputs, req.classification, req.parameters)  # 4xx before compute
+
+        def post(final: ModelVersion, result):  # the version may have been swapped meanwhile: plan for it
+            p = plan if final is mv else postprocess.plan(final, req.outputs, req.classification, req.parameters)
+            return postprocess.apply(final, p, result)
+
+        outputs, mv = await self._run(mv, req.inputs, plan.model_outputs, version, post)
         binary = set(outputs) if req.binary_default else req.binary_outputs
         payload, headers = encode_infer(mv.name, str(mv.version), req.id, outputs, binary)
         return Response(payload, headers=headers)
@@ -201,6 +219,10 @@ class InferenceApp:
                                   'inference request with "inputs"')
         if header is not None or "inputs" in doc:  # a v2 body on the predict route (rawPredict)
             return await self._infer_v2(mv, body, header)
+        params = doc.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ClientError("'parameters' must be a JSON object, e.g. {\"probabilities\": true}")
+        postprocess.wants_probabilities(params)  # a 4xx before any compute
         inputs = self._instances(mv, doc["instances"])
         limit = mv.policy.max_batch_size or 1
         rows = len(next(iter(inputs.values())))
@@ -209,10 +231,7 @@ class InferenceApp:
                                        for i in range(0, rows, limit)])
         merged = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
         mv = parts[-1][1]
-        if len(merged) == 1:
-            predictions = next(iter(merged.values())).tolist()
-        else:
-            predictions = [{k: v[i].tolist() for k, v in merged.items()} for i in range(rows)]
+        predictions = postprocess.predictions(mv, merged, params)
         return _json({"predictions": predictions, "deployedModelId": None, "model": mv.name,
                       "modelVersionId": str(mv.version)})
 
@@ -280,7 +299,9 @@ class InferenceApp:
         finally:
             if self._poller:
                 self._poller.cancel()
-            await self.store.close()
+            # uvicorn has already waited (up to the request timeout) for in-flight requests; what
+            # is left is abandoned work, so a stuck batch cannot keep the process from exiting
+            await self.store.close(timeout_s=1.0)
 
     def build(self) -> Starlette:
         routes = [

@@ -1,12 +1,18 @@
 """Dynamic batching for one model version, with Triton's semantics.
 
 Requests join a queue in arrival order. When a model instance (an ONNX Runtime session)
-is free, the scheduler takes the oldest request and keeps adding requests while the batch
-fits `max_batch_size` ROWS (a batch-8 request uses 8), until a preferred size is reached
-with nothing else waiting, or `max_queue_delay_microseconds` after the oldest request
-arrived. `instance_group.count` sessions execute concurrently, each in its own thread
-(ONNX Runtime releases the GIL). Because batches form only when an instance is free,
-batches grow with load on their own.
+is free, the scheduler takes the oldest request and adds the queued requests that can share
+its batch (same input names, dtypes and non-batch dimensions: only those concatenate, as in
+Triton without ragged batching) while the batch fits `max_batch_size` ROWS (a batch-8
+request uses 8), until a preferred size is reached with nothing compatible waiting, or
+`max_queue_delay_microseconds` after the oldest request arrived. Requests of other shapes
+stay queued in order for the next free instance. `instance_group.count` sessions execute
+concurrently, each in its own thread (ONNX Runtime releases the GIL). Because batches form
+only when an instance is free, batches grow with load on their own.
+
+A batch that fails (to concatenate, or to run) fails only its own requests, with a 500
+naming the reason. Should the scheduler loop itself fail, it fails what is queued, logs why
+and marks the version not ready instead of leaving requests to time out.
 
 Without `dynamic_batching` in the config each request executes alone.
 """
@@ -14,6 +20,7 @@ Without `dynamic_batching` in the config each request executes alone.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .protocol import ClientError
+
+log = logging.getLogger("modelpress.serve")
 
 
 class SchedulerClosed(Exception):
@@ -59,9 +68,14 @@ class Stats:
 class _Item:
     inputs: dict[str, np.ndarray]
     rows: int
-    future: asyncio.Future
+    future: asyncio.Future   # cancelled when the caller stops waiting (timeout, disconnect)
     enqueued_ns: int
-    abandoned: bool = False
+    key: tuple               # requests with equal keys can share a batch
+
+
+def batch_key(inputs: dict[str, np.ndarray]) -> tuple:
+    """Names, dtypes and every dimension but the batch one: what must agree to concatenate."""
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
 
 
 @dataclass(frozen=True)
@@ -91,104 +105,155 @@ class Scheduler:
         self._label = label
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
+        self._forming: list[_Item] = []   # the batch being collected: failed too if the loop dies
         self._wakeup = asyncio.Event()
         self._free: asyncio.Queue = asyncio.Queue()
         for s in sessions:
             self._free.put_nowait(s)
         self._executing = 0
+        self._batches: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._output_names = [o.name for o in sessions[0].get_outputs()]
         self.closed = False
+        self.failure: str | None = None   # why the scheduler stopped; the version is then not ready
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"infer-{label}")
         self._task = asyncio.get_running_loop().create_task(self._run())
-        self._task.add_done_callback(_report_crash)
 
     # -- requests -------------------------------------------------------------------
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float) -> dict[str, np.ndarray]:
         if self.closed:
             raise SchedulerClosed()
+        if self.failure:
+            raise ServerError(f"model {self._label} is not ready: {self.failure}", status=503)
         if self._queued_rows + rows > self.max_queue_rows:
             raise ServerError(f"model {self._label} is overloaded: {self._queued_rows} rows already queued "
                               f"(limit {self.max_queue_rows}); retry shortly", status=503,
                               headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        item = _Item(inputs, rows, loop.create_future(), time.perf_counter_ns())
+        item = _Item(inputs, rows, loop.create_future(), time.perf_counter_ns(), batch_key(inputs))
         self._queue.append(item)
         self._queued_rows += rows
         self.stats.pending += 1
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+            # no shield: a caller that stops waiting cancels the future, so the scheduler drops it
+            return await asyncio.wait_for(item.future, timeout_s)
         except TimeoutError:
-            item.abandoned = True
             raise ServerError(f"request timed out after {timeout_s:g} s waiting for model {self._label}; "
                               "the server is overloaded or the timeout too short", status=504) from None
         finally:
             self.stats.pending -= 1
 
     # -- the scheduler loop ---------------------------------------------------------
-    def _pop(self) -> _Item | None:
-        while self._queue:
-            item = self._queue.popleft()
-            self._queued_rows -= item.rows
-            if not item.abandoned:
-                return item
-        return None
+    def _take(self, index: int) -> _Item:
+        item = self._queue[index]
+        del self._queue[index]
+        self._queued_rows -= item.rows
+        return item
 
     async def _next_item(self) -> _Item:
         while True:
-            item = self._pop()
-            if item is not None:
-                return item
+            while self._queue:
+                item = self._take(0)
+                if not item.future.done():
+                    return item
             self._wakeup.clear()
             await self._wakeup.wait()
 
+    async def _collect(self) -> tuple[list[_Item], int]:
+        """The oldest request plus the queued ones that can share its batch, in arrival order."""
+        policy = self.policy
+        first = await self._next_item()
+        batch, rows = [first], first.rows
+        self._forming = batch
+        if not policy.dynamic:
+            return batch, rows
+        deadline = first.enqueued_ns + policy.max_queue_delay_us * 1000
+        scanned = 0  # queue positions before this one hold requests of other shapes; they keep their place
+        while rows < policy.max_batch_size:
+            full = False
+            while scanned < len(self._queue):
+                item = self._queue[scanned]
+                if item.future.done():        # its caller gave up
+                    self._take(scanned)
+                elif item.key != first.key:   # another shape: the next free instance takes it
+                    scanned += 1
+                elif rows + item.rows > policy.max_batch_size:
+                    full = True               # stop here: a later, smaller one must not overtake it
+                    break
+                else:
+                    batch.append(self._take(scanned))
+                    rows += item.rows
+            if full or rows >= policy.max_batch_size:
+                break
+            if rows in policy.preferred or (policy.preferred and rows >= policy.preferred[-1]):
+                break
+            remaining = (deadline - time.perf_counter_ns()) / 1e9
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch, rows
+
     async def _run(self):
         loop = asyncio.get_running_loop()
-        policy = self.policy
-        while True:
-            session = await self._free.get()
-            first = await self._next_item()
-            batch, rows = [first], first.rows
-            if policy.dynamic:
-                deadline = first.enqueued_ns + policy.max_queue_delay_us * 1000
-                while rows < policy.max_batch_size:
-                    if self._queue:
-                        nxt = self._queue[0]
-                        if nxt.abandoned:
-                            self._pop()
-                            continue
-                        if rows + nxt.rows > policy.max_batch_size:
-                            break
-                        batch.append(self._pop())
-                        rows += nxt.rows
-                        continue
-                    if rows in policy.preferred or (policy.preferred and rows >= policy.preferred[-1]):
-                        break
-                    remaining = (deadline - time.perf_counter_ns()) / 1e9
-                    if remaining <= 0:
-                        break
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    except TimeoutError:
-                        break
-            self._executing += 1
-            loop.create_task(self._execute(session, batch, rows))
+        try:
+            while True:
+                session = await self._free.get()
+                batch, rows = await self._collect()
+                self._forming = []
+                self._executing += 1
+                task = loop.create_task(self._execute(session, batch, rows))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not leave every later request waiting for its timeout
+            self._stop(f"its batch scheduler stopped: {type(exc).__name__}: {exc}", exc)
+
+    def _stop(self, reason: str, exc: BaseException) -> None:
+        self.failure = reason
+        log.error("model %s is not ready: %s; queued requests fail with 500; restart the server to recover",
+                  self._label, reason, exc_info=exc)
+        error = ServerError(f"model {self._label} failed: {reason}")
+        waiting = self._forming + list(self._queue)
+        self._forming, self._queued_rows = [], 0
+        self._queue.clear()
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     async def _execute(self, session, batch: list[_Item], rows: int):
         loop = asyncio.get_running_loop()
-        start = time.perf_counter_ns()
-        for item in batch:
-            self.stats.queue_count += 1
-            self.stats.queue_ns += start - item.enqueued_ns
-            self._observe("queue", (start - item.enqueued_ns) / 1e9)
-        names = list(batch[0].inputs)
-        feed = ({n: batch[0].inputs[n] for n in names} if len(batch) == 1 else
-                {n: np.concatenate([it.inputs[n] for it in batch]) for n in names})
-        try:
+        try:  # everything up to the results: whatever fails, fails this batch's requests and no others
+            start = time.perf_counter_ns()
+            for item in batch:
+                self.stats.queue_count += 1
+                self.stats.queue_ns += start - item.enqueued_ns
+                self._observe("queue", (start - item.enqueued_ns) / 1e9)
+            names = list(batch[0].inputs)
+            feed = ({n: batch[0].inputs[n] for n in names} if len(batch) == 1 else
+                    {n: np.concatenate([it.inputs[n] for it in batch]) for n in names})
             outputs = await loop.run_in_executor(self._executor, _run_session, session, self._output_names, feed)
-        except Exception as exc:  # a model that fails on valid input: the server's problem
-            error = ServerError(f"model {self._label} failed to execute: {exc}")
+            results, offset = [], 0
+            for item in batch:
+                if len(batch) == 1:
+                    results.append(outputs)
+                    continue
+                for name, value in outputs.items():
+                    if value.ndim == 0 or len(value) != rows:
+                        raise ValueError(f"output {name!r} has shape {list(value.shape)}, not {rows} rows; "
+                                         "a batched model must keep the batch dimension first")
+                results.append({k: v[offset:offset + item.rows] for k, v in outputs.items()})
+                offset += item.rows
+            self._record(rows, time.perf_counter_ns() - start)
+        except Exception as exc:  # a model that fails on valid input: the server's problem, this batch's alone
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            log.error("model %s failed on a batch of %d request(s), %d row(s): %s", self._label, len(batch), rows,
+                      reason)
+            error = ServerError(f"model {self._label} failed to execute: {reason}")
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
@@ -196,7 +261,11 @@ class Scheduler:
         finally:
             self._free.put_nowait(session)
             self._executing -= 1
-        elapsed = time.perf_counter_ns() - start
+        for item, result in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _record(self, rows: int, elapsed: int) -> None:
         s = self.stats
         s.compute_count += 1
         s.compute_ns += elapsed
@@ -208,33 +277,33 @@ class Scheduler:
         entry[1] += elapsed
         self._observe("batch", rows)
         self._observe("compute", elapsed / 1e9)
-        offset = 0
-        for item in batch:
-            if not item.future.done():
-                item.future.set_result({k: v[offset:offset + item.rows] for k, v in outputs.items()}
-                                       if len(batch) > 1 else outputs)
-            offset += item.rows
 
     # -- lifecycle -----------------------------------------------------------------
     @property
     def idle(self) -> bool:
         return not self._queue and not self._executing and self.stats.pending == 0
 
-    async def drain_and_close(self, poll_s: float = 0.01):
-        """Finish every request already accepted, then stop; used when a version is retired."""
-        while not self.idle:
+    async def drain_and_close(self, poll_s: float = 0.01, timeout_s: float | None = None):
+        """Finish every request already accepted (for at most `timeout_s`), then stop; used when
+        a version is retired and at shutdown."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self.idle and not self.failure:
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("model %s: closing with %d request(s) still queued or executing", self._label,
+                            self.stats.pending)
+                break
             await asyncio.sleep(poll_s)
         self.closed = True  # from here on, infer() sends callers back to the store
         self._task.cancel()
+        error = ServerError(f"model {self._label} was unloaded before this request ran; retry", status=503,
+                            headers={"Retry-After": "1"})
+        for item in self._forming + list(self._queue):
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._queue.clear()
         self._executor.shutdown(wait=False)
         while not self._free.empty():  # release the sessions' memory; the stats stay for metrics
             self._free.get_nowait()
-
-
-def _report_crash(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        import logging
-        logging.getLogger("modelpress.serve").error("batch scheduler stopped", exc_info=task.exception())
 
 
 def _run_session(session, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -80,10 +81,12 @@ def _loadtest(args) -> int:
 
     if args.rate is not None and args.rate <= 0:
         raise SystemExit("modelpress loadtest: error: --rate must be > 0")
+    # the table on stdout (header first, a row per level as it finishes); progress on stderr
     results = loadtest.run(args.url, args.model, concurrency=args.concurrency, rate=args.rate,
                            duration_s=args.duration, warmup_s=args.warmup, batch=args.batch,
-                           binary=not args.json_tensors, version=args.version)
-    print(loadtest.table(results))
+                           binary=not args.json_tensors, version=args.version,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True),
+                           emit=lambda line: print(line, flush=True))
     if args.output:
         write_json_atomic(args.output, {"url": args.url, "model": args.model, "results": loadtest.to_json(results)})
         print(f"wrote {args.output}")

@@ -177,17 +177,26 @@ async def open_loop(target: Target, rate: float, duration_s: float, warmup_s: fl
 
 def run(url: str, model: str, *, concurrency: list[int] | None = None, rate: float | None = None,
         duration_s: float = 10.0, warmup_s: float = 2.0, batch: int = 1, binary: bool = True,
-        version: str | None = None, progress=print) -> list[LevelResult]:
+        version: str | None = None, progress=print, emit=None) -> list[LevelResult]:
+    """Measure each level in turn. `emit` gets the results table line by line, the header
+    first and then a row as each level finishes; `progress` gets what is being measured
+    (`emit` defaults to it)."""
+    emit = emit or progress
     target = Target(url, model, version=version, batch=batch, binary=binary)
     results = []
-    if rate:
-        progress(f"open loop: {rate:g} requests/s for {duration_s:g} s (+{warmup_s:g} s warm-up)")
-        results.append(asyncio.run(open_loop(target, rate, duration_s, warmup_s)))
-        progress(format_row(results[-1]))
-    for c in concurrency or ([] if rate else [1, 4, 16, 64]):
-        progress(f"closed loop: concurrency {c} for {duration_s:g} s (+{warmup_s:g} s warm-up)")
-        results.append(asyncio.run(closed_loop(target, c, duration_s, warmup_s)))
-        progress(format_row(results[-1]))
+    levels = [("rate", rate)] if rate else []
+    levels += [("concurrency", c) for c in concurrency or ([] if rate else [1, 4, 16, 64])]
+    for mode, level in levels:
+        if mode == "rate":
+            progress(f"open loop: {level:g} requests/s for {duration_s:g} s (+{warmup_s:g} s warm-up)")
+            results.append(asyncio.run(open_loop(target, level, duration_s, warmup_s)))
+        else:
+            progress(f"closed loop: concurrency {level} for {duration_s:g} s (+{warmup_s:g} s warm-up)")
+            results.append(asyncio.run(closed_loop(target, level, duration_s, warmup_s)))
+        if len(results) == 1:  # the header once, before the first row (not before a failed first level)
+            for line in table([]).splitlines():
+                emit(line)
+        emit(format_row(results[-1]))
     return results
 
 

@@ -8,6 +8,7 @@ Everything here is pure: bytes in, arrays out (and back). Client mistakes raise
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,16 @@ class ClientError(Exception):
 
 
 def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in "OS":  # strings (class labels) travel as BYTES
+        return "BYTES"
     return _NAMES[array.dtype.newbyteorder("<")]
+
+
+def bytes_array(values, shape) -> np.ndarray:
+    """A BYTES tensor: a numpy object array of bytes, as tritonclient returns them."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+    return out.reshape(shape)
 
 
 def triton_to_v2(data_type: str) -> str:
@@ -49,6 +59,8 @@ class InferRequest:
     outputs: list[str] | None            # None: every output
     binary_outputs: set[str] = field(default_factory=set)
     binary_default: bool = False         # "binary_data_output" on the request
+    parameters: dict = field(default_factory=dict)          # the request's "parameters"
+    classification: dict[str, int] = field(default_factory=dict)  # output -> top-k (Triton's extension)
 
 
 def _json(raw: bytes | memoryview) -> dict:
@@ -143,7 +155,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     if offset != len(binary):
         raise ClientError(f"the body carries {len(binary)} bytes of binary data but the inputs' "
                           f"binary_data_size add up to {offset}: the binary sizes do not add up")
-    outputs, binary_outputs = None, set()
+    outputs, binary_outputs, classification = None, set(), {}
     if doc.get("outputs") is not None:
         if not isinstance(doc["outputs"], list):
             raise ClientError("'outputs' must be a list of {\"name\": ...} objects")
@@ -151,12 +163,22 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         for o in doc["outputs"]:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise ClientError("'outputs' must be a list of {\"name\": ...} objects")
+            if o["name"] in outputs:
+                raise ClientError(f"output {o['name']!r} is requested twice")
             outputs.append(o["name"])
-            if _params(o, f"output {o['name']!r}").get("binary_data"):
+            o_params = _params(o, f"output {o['name']!r}")
+            if o_params.get("binary_data"):
                 binary_outputs.add(o["name"])
+            k = o_params.get("classification")
+            if k is not None:
+                if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                    raise ClientError(f"output {o['name']!r}: 'classification' must be a positive integer "
+                                      f"(how many top classes to return), got {k!r}")
+                classification[o["name"]] = k
     request_id = doc.get("id")
     return InferRequest(id=None if request_id is None else str(request_id), inputs=inputs, outputs=outputs,
-                        binary_outputs=binary_outputs, binary_default=bool(params.get("binary_data_output")))
+                        binary_outputs=binary_outputs, binary_default=bool(params.get("binary_data_output")),
+                        parameters=params, classification=classification)
 
 
 def encode_infer(model: str, version: str, request_id: str | None, outputs: dict[str, np.ndarray],
@@ -167,9 +189,14 @@ def encode_infer(model: str, version: str, request_id: str | None, outputs: dict
         datatype = datatype_of(array)
         entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if name in binary:
-            blob = np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()
+            if datatype == "BYTES":  # each element: 4-byte little-endian length, then its bytes
+                blob = b"".join(struct.pack("<I", len(v)) + v for v in array.reshape(-1))
+            else:
+                blob = np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = [v.decode("utf-8", "replace") for v in array.reshape(-1)]
         else:
             entry["data"] = array.reshape(-1).tolist()
         described.append(entry)
@@ -212,8 +239,20 @@ def decode_infer_response(body: bytes, header_length: str | None) -> dict[str, n
     doc = orjson.loads(body[:n])
     out, offset = {}, n
     for o in doc["outputs"]:
-        dtype = DATATYPES[o["datatype"]]
         size = (o.get("parameters") or {}).get("binary_data_size")
+        if o["datatype"] == "BYTES":
+            if size is not None:
+                values, raw, offset = [], body[offset:offset + size], offset + size
+                at = 0
+                while at < len(raw):
+                    (n,) = struct.unpack_from("<I", raw, at)
+                    values.append(bytes(raw[at + 4:at + 4 + n]))
+                    at += 4 + n
+            else:
+                values = o["data"]
+            out[o["name"]] = bytes_array(values, o["shape"])
+            continue
+        dtype = DATATYPES[o["datatype"]]
         if size is not None:
             out[o["name"]] = np.frombuffer(body[offset:offset + size], dtype=dtype).reshape(o["shape"])
             offset += size

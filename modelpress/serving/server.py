@@ -3,12 +3,19 @@
 Vertex AI custom-container mode turns on when AIP_HTTP_PORT is set: bind 0.0.0.0 on that
 port, serve AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE, load the repository at
 AIP_STORAGE_URI (gs:// is copied to local disk first).
+
+Both ports are bound before any model loads, so a busy port is one line naming it. SIGTERM
+and SIGINT stop accepting connections, let in-flight requests finish (at most the request
+timeout), close the models and exit 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -83,9 +90,47 @@ def _check_vertex_model(root: Path, model: str | None) -> None:
         raise ModelpressError(f"--model {model!r} is not in the repository at {root}; it holds {names}")
 
 
+def _bind_error(host: str, port: int, exc: OSError, what: str, fix: str) -> ModelpressError:
+    if exc.errno == errno.EADDRINUSE:
+        return ModelpressError(f"{what} port {port} on {host} is already in use (is another server running?); "
+                               f"stop it or choose a free port with {fix}")
+    return ModelpressError(f"cannot listen on {host}:{port} for the {what}: {exc.strerror or exc}; "
+                           f"choose another address or port with --host / {fix}")
+
+
+def bind_api_socket(host: str, port: int, fix: str = "--http-port") -> socket.socket:
+    """The API's listening socket, bound the way uvicorn binds it, but failing with one clear line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(host, port, exc, "API", fix) from None
+    return sock
+
+
+def build_server(app, settings: ServeSettings, **config):
+    """A uvicorn server for `app` whose graceful shutdown is bounded by the request timeout."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises the stopping signal once it has shut down gracefully, which would
+            # end the process as "killed by SIGTERM" (or a KeyboardInterrupt); a drained server exits 0
+            with super().capture_signals():
+                yield
+                getattr(self, "_captured_signals", []).clear()
+
+    # in-flight requests end within the request timeout (answered, or 504): wait no longer
+    return Server(uvicorn.Config(app, lifespan="on", access_log=False,
+                                 timeout_graceful_shutdown=max(1, int(settings.request_timeout_s + 0.999)),
+                                 **config))
+
+
 def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, max_queue_rows: int = 1024,
           threads: int | None = None) -> None:
-    import uvicorn
     from prometheus_client import start_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -101,16 +146,21 @@ def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, ma
     root = fetch_repository(repository)
     if vertex:
         _check_vertex_model(root, settings.vertex_model)
+    sock = bind_api_socket(listen.host, listen.http_port, "AIP_HTTP_PORT" if vertex else "--http-port")
     metrics = ServerMetrics()
     store = ModelStore(root, max_queue_rows=max_queue_rows, threads=threads, observe=metrics.observe)
     metrics.watch(store)
     inference = InferenceApp(store, settings, metrics)
     if listen.metrics_port:
-        start_http_server(listen.metrics_port, addr=listen.host, registry=metrics.registry)
+        try:
+            start_http_server(listen.metrics_port, addr=listen.host, registry=metrics.registry)
+        except OSError as exc:
+            sock.close()
+            raise _bind_error(listen.host, listen.metrics_port, exc, "metrics",
+                              "--metrics-port (0 turns metrics off)") from None
     log.info("serving %s on http://%s:%d%s%s", root, listen.host, listen.http_port,
              f" (metrics on :{listen.metrics_port}/metrics)" if listen.metrics_port else "",
              f" (Vertex mode: {settings.vertex_predict_route})" if vertex else "")
-    config = uvicorn.Config(inference.build(), host=listen.host, port=listen.http_port, loop="uvloop",
-                            http="httptools", lifespan="on", log_level="warning", access_log=False,
-                            backlog=2048, timeout_keep_alive=30)
-    uvicorn.Server(config).run()
+    server = build_server(inference.build(), settings, loop="uvloop", http="httptools",
+                          log_level="warning", backlog=2048, timeout_keep_alive=30)
+    server.run(sockets=[sock])

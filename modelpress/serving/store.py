@@ -20,8 +20,9 @@ import numpy as np
 
 from .. import repository as repo
 from ..errors import ModelpressError
-from ..runtime import ONNX_FILE, session as ort_session
+from ..runtime import META_FILE, ONNX_FILE, session as ort_session
 from .batching import BatchPolicy, Scheduler, check_rows
+from .postprocess import ModelInfo, check_info, input_parameters, metadata_parameters
 from .protocol import ClientError, datatype_of, triton_to_v2
 
 log = logging.getLogger("modelpress.serve")
@@ -36,16 +37,18 @@ class TensorSpec:
 
 
 class ModelVersion:
-    """One loaded version: its config, `instance_group.count` sessions and a scheduler."""
+    """One loaded version: its config, meta.json, `instance_group.count` sessions and a scheduler."""
 
     def __init__(self, name: str, version: int, config, sessions: list, threads: int, *,
-                 max_queue_rows: int, observe=None):
+                 max_queue_rows: int, observe=None, info: ModelInfo | None = None):
         self.name, self.version, self.config = name, version, config
+        self.info = info or ModelInfo()
         self.policy = BatchPolicy.from_config(config)
         self.inputs = [TensorSpec(t.name, triton_to_v2(_type_name(t.data_type)), tuple(t.dims)) for t in config.input]
         self.outputs = [TensorSpec(t.name, triton_to_v2(_type_name(t.data_type)), tuple(t.dims))
                         for t in config.output]
         self._check_graph(sessions[0])
+        check_info(self)
         self.instances, self.threads = len(sessions), threads
         self.scheduler = Scheduler(sessions, self.policy, max_queue_rows=max_queue_rows,
                                    observe=(lambda kind, value: observe(self, kind, value)) if observe else None,
@@ -63,10 +66,25 @@ class ModelVersion:
 
     def metadata(self, versions: list[int]) -> dict:
         batch = [-1] if self.policy.max_batch_size > 0 else []
-        return {"name": self.name, "versions": [str(v) for v in versions], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.dims)} for t in self.inputs],
-                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.dims)}
-                            for t in self.outputs]}
+        inputs = []
+        for t in self.inputs:
+            entry = {"name": t.name, "datatype": t.datatype, "shape": batch + list(t.dims)}
+            described = input_parameters(self, t.name)  # layout, value range, preprocessing
+            if described:
+                entry["parameters"] = described
+            inputs.append(entry)
+        doc = {"name": self.name, "versions": [str(v) for v in versions], "platform": "onnxruntime_onnx",
+               "inputs": inputs,
+               "outputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.dims)}
+                           for t in self.outputs]}
+        params = metadata_parameters(self)
+        if params:
+            doc["parameters"] = params
+        return doc
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler.failure is None
 
     def check(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> int:
         """Validate a request against the config; return its row count."""
@@ -148,10 +166,11 @@ class ModelStore:
         self.observe = observe
         self.models: dict[str, _Model] = {}
         self.errors: dict[str, str] = {}       # "name" or "name/version" -> why it is not served
-        # (name, version) -> (model.onnx mtime, config text) that failed: retried when either changes
-        self._broken: dict[tuple[str, int], tuple[float, str]] = {}
+        # (name, version) -> the _signature that failed: retried when model.onnx, meta.json or the config changes
+        self._broken: dict[tuple[str, int], tuple] = {}
         self.retired: dict[tuple[str, int], ModelVersion] = {}  # kept so metrics stay monotonic
         self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task] = set()  # retired versions finishing their queues (strong refs)
         self.loaded_once = False
 
     # -- lookups (the only way a request reaches a model) ------------------------------
@@ -185,7 +204,8 @@ class ModelStore:
 
     @property
     def ready(self) -> bool:
-        return self.loaded_once and bool(self.models) and all(m.versions for m in self.models.values())
+        return (self.loaded_once and bool(self.models) and all(m.versions for m in self.models.values())
+                and all(mv.ready for mv in self.all_versions()))
 
     # -- loading ---------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -216,11 +236,7 @@ class ModelStore:
         current = self.models.get(name)
         reload_all = current is None or current.config_text != text
         on_disk = repo.versions(self.root, name)
-        available = []
-        for v in on_disk:
-            mtime = (folder / str(v) / ONNX_FILE).stat().st_mtime
-            if self._broken.get((name, v)) != (mtime, text):
-                available.append(v)
+        available = [v for v in on_disk if self._broken.get((name, v)) != _signature(folder / str(v), text)]
         loaded = {} if reload_all else dict(current.versions)
         while True:
             wanted = select_versions(config, available)
@@ -229,9 +245,10 @@ class ModelStore:
                 break
             for v in new:
                 try:
+                    info = ModelInfo.read(folder / str(v))
                     sessions, threads = await asyncio.get_running_loop().run_in_executor(
                         None, open_sessions, config, folder / str(v), self.threads)
-                    loaded[v] = ModelVersion(name, v, config, sessions, threads,
+                    loaded[v] = ModelVersion(name, v, config, sessions, threads, info=info,
                                              max_queue_rows=self.max_queue_rows, observe=self.observe)
                     self.errors.pop(f"{name}/{v}", None)
                     p = loaded[v].policy
@@ -239,7 +256,7 @@ class ModelStore:
                              p.max_batch_size, f"dynamic batching (max queue delay {p.max_queue_delay_us} us)"
                              if p.dynamic else "no batching", loaded[v].instances, loaded[v].threads)
                 except Exception as exc:  # report and keep serving what works
-                    self._broken[(name, v)] = ((folder / str(v) / ONNX_FILE).stat().st_mtime, text)
+                    self._broken[(name, v)] = _signature(folder / str(v), text)
                     self._error(f"{name}/{v}", f"version {v} failed to load: {exc}")
                     available.remove(v)
         keep = {v: loaded[v] for v in wanted}
@@ -262,13 +279,22 @@ class ModelStore:
         for mv in list(versions):
             log.info("retiring %s version %d once its queue drains", mv.name, mv.version)
             self.retired[(mv.name, mv.version)] = mv
-            asyncio.get_running_loop().create_task(mv.scheduler.drain_and_close())
+            task = asyncio.get_running_loop().create_task(mv.scheduler.drain_and_close())
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
 
     def _error(self, key: str, message: str) -> None:
         if self.errors.get(key) != message:
             log.error("%s: %s", key, message)
         self.errors[key] = message
 
-    async def close(self) -> None:
-        for mv in self.all_versions():
-            await mv.scheduler.drain_and_close()
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Finish what was accepted (at most `timeout_s`), then release every version."""
+        await asyncio.gather(*[mv.scheduler.drain_and_close(timeout_s=timeout_s) for mv in self.all_versions()])
+
+
+def _signature(folder: Path, config_text: str) -> tuple:
+    """What must change before a version that failed to load is tried again."""
+    def mtime(p: Path) -> float | None:
+        return p.stat().st_mtime if p.exists() else None
+    return mtime(folder / ONNX_FILE), mtime(folder / META_FILE), config_text

@@ -51,12 +51,24 @@ def test_bad_config_value_fails_before_running(tmp_path):
 
 
 def test_failing_task_is_reported_with_its_error(tmp_path):
-    proc = _run(tmp_path, "training", "--set", f"source={tmp_path / 'missing.csv'}")
+    bad = tmp_path / "bad.csv"  # exists, so it passes the checks before the run; fails inside the step
+    bad.write_text("a,label\n1,x\n2,y\nthree,x\n")
+    proc = _run(tmp_path, "training", "--set", f"source={bad}", "--set", "architecture=mlp")
     assert proc.returncode == 1
+    reason = "line 4, column 'a': 'three' is not a number"
     assert "make-dataset: FAILURE" in proc.stdout
-    assert "dataset source not found" in proc.stdout
+    # one clear line on the console, repeated in the summary, and last on stderr
+    assert f"make-dataset failed: {bad} {reason}" in proc.stdout and "Traceback" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: make-dataset failed: {bad} {reason}")
     summary = json.loads(next((tmp_path / "runs").glob("training-*/summary.json")).read_text())
     assert summary["status"] == "FAILURE"
+    assert reason in summary["tasks"][0]["error"]
+
+
+def test_a_missing_source_is_refused_before_running(tmp_path):
+    proc = _run(tmp_path, "training", "--set", f"source={tmp_path / 'missing.csv'}")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_docker_runner_without_an_engine_names_the_fix(tmp_path):

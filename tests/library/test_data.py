@@ -31,8 +31,13 @@ def test_digits_native_and_schema(tmp_path):
     for key in ("task", "feature_shape", "dtype", "class_names", "normalisation", "source", "seed"):
         assert key in saved
     assert saved["seed"] == 3 and saved["source"] == "digits"
-    # normalisation uses training statistics: the training split is centred
-    assert abs(float(ds.train.x.mean())) < 1e-4
+    # the splits hold raw pixels, as scikit-learn ships them (what a client sends) ...
+    assert ds.train.x.min() == 0 and ds.train.x.max() == 16
+    assert saved["input"]["value_range"] == [0.0, 16.0] and saved["input"]["layout"] == "NCHW"
+    # ... and the training split's statistics, which the model applies, centre it
+    norm = saved["normalisation"]
+    centred = (ds.train.x - np.array(norm["mean"]).reshape(1, -1, 1, 1)) / np.array(norm["std"]).reshape(1, -1, 1, 1)
+    assert abs(float(centred.mean())) < 1e-4 and abs(float(centred.std()) - 1) < 1e-3
     assert ds.train.x.dtype == np.float32 and ds.test.y.dtype == np.int64
 
 

@@ -29,10 +29,12 @@ def test_export_matches_torch_and_has_dynamic_batch(mlp_onnx_dir, mlp_dir, digit
     assert meta["accuracy"] == pytest.approx(mlp_dir[1]["metrics"]["test_accuracy"], abs=0.003)
 
 
-def test_tolerance_breach_fails_and_writes_nothing(mlp_dir, digits_dir, tmp_path):
+def test_tolerance_breach_fails_and_writes_nothing(mlp_dir, digits_dir, tmp_path, monkeypatch):
+    # ONNX Runtime can match torch bit for bit on an MLP: make the exported model drift
+    run_logits = export.runtime.run_logits
+    monkeypatch.setattr(export.runtime, "run_logits", lambda sess, x, **kw: run_logits(sess, x, **kw) + 1e-3)
     with pytest.raises(ModelpressError, match="differs from torch beyond tolerance"):
-        export.export_onnx(mlp_dir[0], digits_dir, str(tmp_path / "o"), rtol=0.0, atol=1e-12,
-                           log=lambda s: None)
+        export.export_onnx(mlp_dir[0], digits_dir, str(tmp_path / "o"), log=lambda s: None)
     assert not (tmp_path / "o").exists()
 
 

@@ -20,9 +20,14 @@ from modelpress.errors import ModelpressError
 from pipelines import settings, submit
 
 ROOT = Path(__file__).resolve().parents[2]
-PARENT = "projects/my-project/locations/europe-west4"
-SA = "pipelines@my-project.iam.gserviceaccount.com"
+SHIPPED = ROOT / "configs" / "vertex.yaml"
+# A real submission refuses the shipped placeholders: the tests send from a filled-in copy.
+PROJECT, BUCKET = "acme-ml", "acme-ml-pipelines"
+PARENT = f"projects/{PROJECT}/locations/europe-west4"
+SA = f"pipelines@{PROJECT}.iam.gserviceaccount.com"
 LABELS = {"team": "ml", "app": "modelpress"}
+PLACEHOLDER_KEYS = ["project", "pipeline_root", "service_account", "image", "distributed.image",
+                    "serving.serve_image"]
 
 
 class FakeVertex:
@@ -54,15 +59,33 @@ class FakeVertex:
     def requests(self, method):
         return [r for m, r in self.calls if m == method]
 
+    def list_blobs(self, bucket, prefix):  # Cloud Storage: the data behind `source`
+        self.calls.append(("list_blobs", (bucket, prefix)))
+        return [_Blob(prefix, generation=1733000000000001, md5_hash="q1w2e3==")]
+
+
+class _Blob:
+    def __init__(self, name, generation, md5_hash):
+        self.name, self.generation, self.md5_hash = name, generation, md5_hash
+
 
 @pytest.fixture
-def fake_vertex(patch_vertex):
-    return patch_vertex(FakeVertex(), {PipelineServiceClient: ["create_pipeline_job"],
+def fake_vertex(patch_vertex, monkeypatch):
+    from google.cloud import storage
+
+    fake = patch_vertex(FakeVertex(), {PipelineServiceClient: ["create_pipeline_job"],
                                        ScheduleServiceClient: ["list_schedules", "create_schedule", "update_schedule"]})
+    monkeypatch.setattr(storage.Client, "list_blobs", lambda self, bucket, prefix: fake.list_blobs(bucket, prefix))
+    return fake
+
+
+def _filled(text: str) -> str:
+    return text.replace("my-project", PROJECT).replace("my-bucket", BUCKET)
 
 
 def _config(tmp_path, **changes) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "vertex.yaml").read_text())
+    """The shipped config with its placeholders replaced (and `changes` applied)."""
+    data = yaml.safe_load(_filled(SHIPPED.read_text()))
     data.update(changes)
     path = tmp_path / "vertex.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -70,7 +93,7 @@ def _config(tmp_path, **changes) -> Path:
 
 
 def _submit(tmp_path, *args, config=None):
-    argv = [*args, "--config", str(config or ROOT / "configs" / "vertex.yaml"), "--output-dir", str(tmp_path / "build")]
+    argv = [*args, "--config", str(config or _config(tmp_path)), "--output-dir", str(tmp_path / "build")]
     if "--image-tag" not in args:
         argv += ["--image-tag", "abc1234"]
     assert submit.main(argv) == 0
@@ -92,15 +115,18 @@ def test_submit_sends_the_pipeline_job_from_the_config(fake_vertex, tmp_path):
     assert re.fullmatch(r"training-\d{14}", request.pipeline_job_id)
     job = request.pipeline_job
     assert job.display_name == "training" and job.service_account == SA and dict(job.labels) == LABELS
-    assert job.runtime_config.gcs_output_directory == "gs://my-bucket/modelpress/pipeline_root"
-    assert _parameters(job.runtime_config) == {"source": "gs://my-bucket/datasets/digits.npz",
-                                               "architecture": "cnn", "epochs": 3}
+    assert job.runtime_config.gcs_output_directory == f"gs://{BUCKET}/modelpress/pipeline_root"
+    # the data's fingerprint (object generation and MD5 from one listing) keys the data step's cache
+    assert fake_vertex.requests("list_blobs") == [(BUCKET, "datasets/digits.npz")]
+    sent_params = _parameters(job.runtime_config)
+    assert re.fullmatch(r"gcs:[0-9a-f]{32}", sent_params.pop("source_fingerprint"))
+    assert sent_params == {"source": f"gs://{BUCKET}/datasets/digits.npz", "architecture": "cnn", "epochs": 3}
     # the template is the one just compiled, with images at the given tag
     template = yaml.safe_load((tmp_path / "build" / "vertex" / "training.yaml").read_text())
     sent = dict(job.pipeline_spec)
     assert sent["pipelineInfo"] == template["pipelineInfo"] and sent["root"].keys() == template["root"].keys()
     images = {e["container"]["image"] for e in sent["deploymentSpec"]["executors"].values()}
-    assert "europe-west4-docker.pkg.dev/my-project/modelpress/cpu:abc1234" in images
+    assert f"europe-west4-docker.pkg.dev/{PROJECT}/modelpress/cpu:abc1234" in images
     assert job.runtime_config.parameter_values is not None
     assert _task_caching(job.pipeline_spec) == {True}  # the compiled settings: training steps are cached
 
@@ -109,7 +135,8 @@ def test_caching_off_in_the_config_reaches_every_task(fake_vertex, tmp_path):
     _submit(tmp_path, "retraining", config=_config(tmp_path, enable_caching=False))
     (request,) = fake_vertex.requests("create_pipeline_job")
     assert _task_caching(request.pipeline_job.pipeline_spec) == {False}
-    assert _parameters(request.pipeline_job.runtime_config)["repository"] == "gs://my-bucket/modelpress/model_repository"
+    repository = _parameters(request.pipeline_job.runtime_config)["repository"]
+    assert repository == f"gs://{BUCKET}/modelpress/model_repository"
 
 
 def test_a_second_schedule_call_updates_rather_than_duplicates(fake_vertex, tmp_path):
@@ -125,7 +152,7 @@ def test_a_second_schedule_call_updates_rather_than_duplicates(fake_vertex, tmp_
     run = schedule.create_pipeline_job_request
     assert run.parent == PARENT
     assert run.pipeline_job.service_account == SA and dict(run.pipeline_job.labels) == LABELS
-    assert run.pipeline_job.runtime_config.gcs_output_directory == "gs://my-bucket/modelpress/pipeline_root"
+    assert run.pipeline_job.runtime_config.gcs_output_directory == f"gs://{BUCKET}/modelpress/pipeline_root"
     assert _parameters(run.pipeline_job.runtime_config)["epochs"] == 5
     assert dict(run.pipeline_job.pipeline_spec)["pipelineInfo"]["name"] == "retraining"
     assert fake_vertex.requests("create_pipeline_job") == []  # a schedule, not a run now
@@ -142,7 +169,7 @@ def test_a_second_schedule_call_updates_rather_than_duplicates(fake_vertex, tmp_
     # the schedule now runs the newly tagged images, not the ones it was created with
     spec = dict(stored.create_pipeline_job_request.pipeline_job.pipeline_spec)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"europe-west4-docker.pkg.dev/my-project/modelpress/cpu:def5678"}
+    assert images == {f"europe-west4-docker.pkg.dev/{PROJECT}/modelpress/cpu:def5678"}
 
 
 def test_schedules_file_applies_every_entry_idempotently(fake_vertex, tmp_path):
@@ -161,7 +188,7 @@ def test_schedules_file_applies_every_entry_idempotently(fake_vertex, tmp_path):
     assert weekly.cron == "TZ=Europe/Brussels 0 3 * * 1"
     # the file's parameters over the config's block for that pipeline
     assert _parameters(weekly.create_pipeline_job_request.pipeline_job.runtime_config) == {
-        "source": "gs://b/new.npz", "repository": "gs://my-bucket/modelpress/model_repository",
+        "source": "gs://b/new.npz", "repository": f"gs://{BUCKET}/modelpress/model_repository",
         "model_name": "digits", "epochs": 10, "accuracy_floor": 0.9}
     nightly = created["train-nightly"]
     assert nightly.cron == "CRON_TZ=America/New_York 0 2 * * *" and nightly.max_concurrent_run_count == 1
@@ -181,10 +208,12 @@ def test_dry_run_needs_no_credentials_and_prints_what_a_real_run_sends(fake_vert
         "socket.socket.connect = refuse\nsocket.create_connection = refuse\n")
     env["PYTHONPATH"] = str(tmp_path / "guard")
     cli = [sys.executable, str(ROOT / "pipelines" / "submit.py")]
-    args = ["training", "--dry-run", "--image-tag", "abc1234", "--job-id", "training-dry-1",
+    config = _config(tmp_path)
+    args = ["training", "--dry-run", "--config", str(config), "--image-tag", "abc1234", "--job-id", "training-dry-1",
             "--output-dir", str(tmp_path / "dry")]
     proc = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning" not in proc.stderr  # every placeholder replaced: nothing to warn about
     (printed,) = json.loads(proc.stdout)
     assert printed["method"] == "PipelineService.CreatePipelineJob"
     request = printed["request"]
@@ -193,15 +222,93 @@ def test_dry_run_needs_no_credentials_and_prints_what_a_real_run_sends(fake_vert
 
     _submit(tmp_path, "training", "--job-id", "training-dry-1")
     (sent,) = fake_vertex.requests("create_pipeline_job")
-    assert vertex.to_json(sent) == request
+    sent = vertex.to_json(sent)
+    # the one difference: a real run reads the gs:// data's fingerprint, a dry run has no credentials
+    assert sent["pipeline_job"]["runtime_config"]["parameter_values"].pop("source_fingerprint").startswith("gcs:")
+    assert "source_fingerprint of gs://" in proc.stderr and "read from Cloud Storage at submission" in proc.stderr
+    assert sent == request
 
     proc = subprocess.run([*cli, "--schedules", str(ROOT / "configs" / "schedules.yaml"), "--dry-run",
-                           "--image-tag", "abc1234", "--output-dir", str(tmp_path / "dry")],
+                           "--config", str(config), "--image-tag", "abc1234", "--output-dir", str(tmp_path / "dry")],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the shipped schedules file still names the example bucket: its own key is reported
+    (warning,) = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: configs/schedules.yaml modelpress-retraining-weekly parameters.source = "
+                              "'gs://my-bucket/datasets/digits-latest.npz'")
     methods = [r["method"] for r in json.loads(proc.stdout)]
     assert methods == ["ScheduleService.ListSchedules", "ScheduleService.CreateSchedule",
                        "ScheduleService.UpdateSchedule"]
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def test_dry_run_of_the_shipped_config_warns_once_per_placeholder_key(tmp_path, capsys):
+    argv = ["optimise", "--dry-run", "--image-tag", "abc1234", "--output-dir", str(tmp_path / "b")]
+    assert submit.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["method"] == "PipelineService.CreatePipelineJob"  # the requests still print
+    warnings = _warnings(err)
+    keys = [*PLACEHOLDER_KEYS, "parameters.optimise.source", "parameters.optimise.repository"]
+    assert [w.split(" = ")[0] for w in warnings] == [f"warning: configs/vertex.yaml {k}" for k in keys]
+    by_key = dict(zip(keys, warnings))
+    assert "example project 'my-project': set your Google Cloud project id" in by_key["project"]
+    assert "example bucket 'my-bucket': set a gs:// URI in your bucket" in by_key["pipeline_root"]
+    assert "<name>@<your project>.iam.gserviceaccount.com" in by_key["service_account"]
+    assert "<region>-docker.pkg.dev/<your project>/modelpress/<name>:GIT_SHA" in by_key["serving.serve_image"]
+    assert "gcloud storage cp" in by_key["parameters.optimise.source"]
+    assert all("README: Run on Vertex AI, step 0" in w for w in warnings)
+
+    # a --set value replaces the config's placeholder for that run: no warning for it
+    assert submit.main([*argv, "--set", "source=gs://acme-data/data/iris.csv"]) == 0
+    keys = [w.split(" = ")[0] for w in _warnings(capsys.readouterr().err)]
+    assert "warning: configs/vertex.yaml parameters.optimise.source" not in keys and len(keys) == 7
+    # ... while a placeholder given with --set is reported as such
+    assert submit.main([*argv, "--set", "source=gs://my-bucket/x.npz"]) == 0
+    assert "warning: --set source = 'gs://my-bucket/x.npz'" in capsys.readouterr().err
+
+
+def test_dry_run_with_every_placeholder_replaced_warns_nothing(tmp_path, capsys):
+    for pipeline in ("training", "optimise", "retraining"):
+        assert submit.main([pipeline, "--dry-run", "--config", str(_config(tmp_path)), "--image-tag", "abc1234",
+                            "--output-dir", str(tmp_path / "b")]) == 0
+        assert _warnings(capsys.readouterr().err) == []
+    # a project merely starting like the example is a real one
+    config = _config(tmp_path, project="my-project-123")
+    assert submit.main(["training", "--dry-run", "--config", str(config), "--image-tag", "abc1234",
+                        "--output-dir", str(tmp_path / "b")]) == 0
+    assert _warnings(capsys.readouterr().err) == []
+
+
+@pytest.mark.parametrize("args, config, named", [
+    (["training"], SHIPPED, ["project, pipeline_root, service_account, image", "parameters.training.source"]),
+    (["retraining", "--schedule", "TZ=UTC 0 3 * * 1"], SHIPPED, ["parameters.retraining.repository"]),
+    (["--schedules", str(ROOT / "configs" / "schedules.yaml")], None,
+     ["in configs/schedules.yaml modelpress-retraining-weekly parameters.source:"]),
+])
+def test_a_real_submission_with_placeholders_fails_before_any_google_call(fake_vertex, tmp_path, capsys,
+                                                                          monkeypatch, args, config, named):
+    def no_google(*a, **k):
+        raise AssertionError("a placeholder must stop the submission before any Google Cloud call")
+
+    import google.auth
+
+    monkeypatch.setattr(google.auth, "default", no_google)  # not even a credentials lookup
+    monkeypatch.setattr(submit.vertex, "pipeline_job", no_google)
+    monkeypatch.setattr(submit, "compile_pipeline", no_google)  # refused before compiling, too
+    argv = [*args, "--config", str(config or _config(tmp_path)), "--image-tag", "abc1234",
+            "--output-dir", str(tmp_path / "b")]
+    assert submit.main(argv) == 2
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()  # one line, and no requests printed
+    assert out == "" and fake_vertex.calls == []
+    shown = "configs/vertex.yaml" if config else str(_config(tmp_path))
+    assert line.startswith(f"error: {shown} still holds the example project/bucket in ")
+    assert all(n in line for n in named)
+    assert line.endswith("set your project, bucket, service account and registry there "
+                         "(README: Run on Vertex AI, step 0); --dry-run lists each")
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -1,11 +1,14 @@
-"""A real server in a subprocess on 127.0.0.1, serving a small real ONNX model."""
+"""A real server on 127.0.0.1 (a subprocess, or in-process in a thread), serving small real ONNX
+models: a tiny image classifier and a two-input INT64 sequence model with a dynamic length."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -126,3 +129,95 @@ def server(tmp_path_factory):
     s = start_server(repo, tmp, "--poll-seconds", "0", "--max-body-mb", "0.05")
     yield s
     stop_server(s)
+
+
+VOCAB = 100
+
+
+def make_seq_onnx(folder: Path) -> Path:
+    """Two INT64 inputs `input_ids`, `attention_mask` [N, L] (L dynamic) -> `total` [N, 1], the
+    sum over L of input_ids * attention_mask. The ids go through a Gather over a table of
+    0..VOCAB-1, so an id >= VOCAB fails inside ONNX Runtime: a model that fails on some inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    seq = ["batch", "seq"]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["ids"], axis=0),
+         helper.make_node("Mul", ["ids", "attention_mask"], ["masked"]),
+         helper.make_node("ReduceSum", ["masked", "axes"], ["total"], keepdims=1)],
+        "seq",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, seq),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, seq)],
+        [helper.make_tensor_value_info("total", TensorProto.INT64, ["batch", 1])],
+        [numpy_helper.from_array(np.arange(VOCAB, dtype=np.int64), "table"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder
+
+
+def seq_request(rows: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """input_ids, attention_mask and the expected total for one request."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, VOCAB, (rows, length), dtype=np.int64)
+    mask = rng.integers(0, 2, (rows, length), dtype=np.int64)
+    return ids, mask, (ids * mask).sum(axis=1, keepdims=True)
+
+
+def deploy_seq(repo: Path, tmp: Path, name: str = "seq", **kwargs) -> int:
+    return repository.deploy(make_seq_onnx(tmp / f"src-{name}"), repo, name, **kwargs)
+
+
+@dataclass
+class InProcess:
+    url: str
+    host: str
+    store: object
+    loop: object
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+
+@contextlib.contextmanager
+def in_process_server(repo: Path, **settings):
+    """The real app under uvicorn on 127.0.0.1, in a thread of this process, so a test can reach
+    into its objects (to inject a fault) while a real client talks to it over HTTP."""
+    import asyncio
+
+    from modelpress.serving.app import InferenceApp, ServeSettings
+    from modelpress.serving.server import bind_api_socket, build_server
+    from modelpress.serving.store import ModelStore
+
+    store = ModelStore(repo)
+    config = ServeSettings(poll_seconds=0, **settings)
+    sock = bind_api_socket("127.0.0.1", 0)
+    host = f"127.0.0.1:{sock.getsockname()[1]}"
+    server = build_server(InferenceApp(store, config).build(), config, log_config=None, log_level="warning")
+    loops = []
+
+    def run():
+        async def main():
+            loops.append(asyncio.get_running_loop())
+            await server.serve(sockets=[sock])
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and thread.is_alive() and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the in-process server did not start"
+    try:
+        yield InProcess(f"http://{host}", host, store, loops[0])
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        assert not thread.is_alive(), "the in-process server did not stop"
