@@ -132,9 +132,12 @@ def select(results: dict, policy: Policy) -> dict:
             why += (f"; {', '.join(t['name'] for t in ties if t is not chosen)} within the measured noise "
                     f"({noise:.0%}) of it, but not smaller")
     else:
-        why = (f"a tie within the measured noise ({noise:.0%}), won by size: {best['name']} measured the best "
+        why = (f"a tie within the measured noise ({noise:.0%}), won by size, then accuracy: {best['name']} measured the best "
                f"{policy.objective} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is within the noise "
-               f"and smaller ({chosen['size_bytes'] / 1e3:,.1f} kB vs {best['size_bytes'] / 1e3:,.1f} kB); "
+               + (f"and smaller ({chosen['size_bytes'] / 1e3:,.1f} kB vs {best['size_bytes'] / 1e3:,.1f} kB); "
+                  if chosen["size_bytes"] < best["size_bytes"] else
+                  f"as small ({chosen['size_bytes'] / 1e3:,.1f} kB) and more accurate "
+                  f"({chosen['accuracy']:.4f} vs {best['accuracy']:.4f}); ") +
                f"{len(eligible)} variant(s) meet accuracy >= {bar:.4f}")
     decision["reason"] = why
     return decision

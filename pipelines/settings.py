@@ -69,7 +69,7 @@ class TargetConfig:
                 continue
             if self.target.name == "vertex":
                 raise ModelpressError(f"{key}={value!r}: on Vertex AI paths must be gs:// URIs (upload it with "
-                                      "`gcloud storage cp`, see README 'Run on Vertex AI')")
+                                      "`gcloud storage cp`, see docs/vertex.md)")
             # Relative paths mean "from where you run the command"; steps get absolute ones.
             path = Path(value).resolve()
             if key in INPUT_PATH_PARAMETERS and not path.exists():

@@ -63,7 +63,7 @@ _FIX = {
              "<region>-docker.pkg.dev/<your project>/modelpress/<name>:GIT_SHA",
     "source": "the gs:// URI of your data (`gcloud storage cp FILE gs://<your bucket>/data/`), or --set source=...",
 }
-SETUP_HINT = "README: Run on Vertex AI, step 0"
+SETUP_HINT = "docs/vertex.md, step 0"
 
 
 def _shown(path) -> str:

@@ -5,13 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from modelpress import repository
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["--set", "epochs=4", "--set", "model_args={channels: [8, 16]}", "--set", "prune_finetune_epochs=2",
+SMALL = ["--set", "epochs=10", "--set", "model_args={channels: [16, 32]}", "--set", "prune_finetune_epochs=2",
          "--set", "student_args={channels: [4, 8]}", "--set", "distil_epochs=3",
          "--set", "quantisation_methods=[static-int8, dynamic-int8]", "--set", "calibration_samples=64",
-         "--set", "window_seconds=0.05", "--set", "max_windows=4", "--set", "tolerance=0.03",
+         "--set", "window_seconds=0.05", "--set", "max_windows=4", "--set", "tolerance=0.02",
          "--set", "accuracy_floor=0.5"]
 
 
@@ -21,6 +23,52 @@ def _run(tmp_path, *args):
                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
     summaries = sorted((tmp_path / "runs").glob("optimise-*/summary.json"))
     return proc, json.loads(summaries[-1].read_text()) if summaries else None
+
+
+def _raw_test_digits():
+    """scikit-learn's digits exactly as it ships them (0..16), the test split's rows."""
+    from sklearn.datasets import load_digits
+
+    from modelpress import data
+
+    digits = load_digits()
+    test = data.split_indices(digits.target, val_fraction=0.15, test_fraction=0.2, seed=0)["test"]
+    return digits.images[test][:, None].astype(np.float32), digits.target[test]
+
+
+def _serve_raw_digits(tmp_path, bench, tasks):
+    """What the pipeline deployed, plus its pruned and quantised variants, served by `modelpress serve`
+    and sent raw digits by Triton's client: the pipeline's own accuracy on the same rows."""
+    import tritonclient.http as httpclient
+
+    from tests.serving.conftest import start_server, stop_server
+
+    rows = {r["name"]: r for r in bench["variants"]}
+    deployed = json.loads((tmp_path / "repo" / "digits" / "1" / "meta.json").read_text())
+    for name, variant in (("digits-pruned", "pruned fp32"), ("digits-int8", "static-int8")):
+        repository.deploy(rows[variant]["path"], tmp_path / "repo", name)
+    x, y = _raw_test_digits()
+    server = start_server(tmp_path / "repo", tmp_path)
+    try:
+        client = httpclient.InferenceServerClient(server.host)
+        meta = client.get_model_metadata("digits")
+        assert meta["parameters"]["input"]["value_range"] == [0.0, 16.0]  # tells a client what to send
+        assert meta["parameters"]["input"]["layout"] == "NCHW"
+        for name, variant in (("digits", deployed["variant"]), ("digits-pruned", "pruned fp32"),
+                              ("digits-int8", "static-int8")):
+            logits = []
+            for i in range(0, len(x), 64):  # the deployed config's max_batch_size
+                inp = httpclient.InferInput("input", list(x[i:i + 64].shape), "FP32")
+                inp.set_data_from_numpy(x[i:i + 64])
+                out = client.infer(name, [inp], outputs=[httpclient.InferRequestedOutput("logits")])
+                logits.append(out.as_numpy("logits"))
+            logits = np.concatenate(logits)
+            accuracy = float((logits.argmax(1) == y).mean())
+            assert accuracy == rows[variant]["accuracy"], (name, variant)
+            if name == "digits":
+                assert accuracy >= 0.95
+    finally:
+        stop_server(server)
 
 
 def test_optimise_deploys_then_gates_a_worse_challenger(tmp_path):
@@ -46,6 +94,10 @@ def test_optimise_deploys_then_gates_a_worse_challenger(tmp_path):
     assert "data:image/png;base64," in report and "★" in report
     assert tasks["benchmark"]["overhead_seconds"] is not None
     assert "selected:" in proc.stdout and "deployed: version 1" in proc.stdout
+    assert (Path(summary["run_dir"]) / "report.html").read_text().startswith("<!doctype html>")
+    assert f"report: {summary['run_dir']}/report.html" in proc.stdout  # opens in a browser from there
+
+    _serve_raw_digits(tmp_path, bench, tasks)
 
     # A crippled challenger (one epoch at a tiny learning rate) is scored against champion v1
     # on the same test split and is not deployed.

@@ -6,7 +6,7 @@ from modelpress.errors import ModelpressError
 
 def row(name, acc, p50, size=1000, role="candidate", kind="onnx", p95=None, windows=None, sha=None):
     return {"name": name, "role": role, "kind": kind, "accuracy": acc, "size_bytes": size, "sha256": sha,
-            "latency_ms": {"p50": p50, "p95": p95 or p50 * 1.2}, "throughput_per_s": 1000 / p50,
+            "latency_ms": {"p50": p50, "p95": p95 or p50 * 1.2, "stable": True}, "throughput_per_s": 1000 / p50,
             "window_p50_ms": windows or [p50, p50, p50]}
 
 
@@ -90,3 +90,18 @@ def test_decide_reports_ratios_against_both_baselines():
     assert out["ratios"]["speedup_p50_vs_torch"] == pytest.approx(10.0)
     assert out["ratios"]["size_ratio_vs_onnx_fp32"] == pytest.approx(0.3)
     assert out["blessing"]["blessed"] is True
+
+
+def test_the_reason_says_what_happened_with_units_and_instability():
+    # a tie won by size: the fastest is named with its figure, the winner with its own, in ms
+    r = results(row("a", 0.98, 0.100, 2000), row("b", 0.98, 0.101, 500))
+    why = selection.select(r, selection.Policy())["reason"]
+    assert why.startswith("a tie within the measured noise (2%), won by size")
+    assert "a measured the best p50 (0.1 ms)" in why and "b (0.101 ms)" in why and "0.5 kB vs 2.0 kB" in why
+    # the fastest alone: "best", with its unit; an unstable figure is labelled where it stands
+    shaky = row("c", 0.98, 0.05, 500, windows=[0.05, 0.08, 0.05])
+    shaky["latency_ms"].update(stable=False)
+    why = selection.select(results(shaky), selection.Policy())["reason"]
+    assert "c has the best p50 (0.05 ms (unstable, spread 60 %))" in why
+    ratios = selection.ratios(results(shaky), "c")
+    assert ratios["stable_vs_torch"] == 0.0  # a speed-up resting on it is not a headline

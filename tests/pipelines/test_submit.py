@@ -259,7 +259,7 @@ def test_dry_run_of_the_shipped_config_warns_once_per_placeholder_key(tmp_path, 
     assert "<name>@<your project>.iam.gserviceaccount.com" in by_key["service_account"]
     assert "<region>-docker.pkg.dev/<your project>/modelpress/<name>:GIT_SHA" in by_key["serving.serve_image"]
     assert "gcloud storage cp" in by_key["parameters.optimise.source"]
-    assert all("README: Run on Vertex AI, step 0" in w for w in warnings)
+    assert all("docs/vertex.md, step 0" in w for w in warnings)
 
     # a --set value replaces the config's placeholder for that run: no warning for it
     assert submit.main([*argv, "--set", "source=gs://acme-data/data/iris.csv"]) == 0
@@ -308,7 +308,7 @@ def test_a_real_submission_with_placeholders_fails_before_any_google_call(fake_v
     assert line.startswith(f"error: {shown} still holds the example project/bucket in ")
     assert all(n in line for n in named)
     assert line.endswith("set your project, bucket, service account and registry there "
-                         "(README: Run on Vertex AI, step 0); --dry-run lists each")
+                         "(docs/vertex.md, step 0); --dry-run lists each")
 
 
 @pytest.mark.parametrize("entry, message", [
