@@ -21,6 +21,7 @@ from .data import load_dataset
 from .errors import ModelpressError
 from .fileio import local_path, write_json_atomic
 from .quantisation import cpu_flags
+from .report import stability_label
 from .flops import forward_flops
 from .training import confusion_matrix, predict_logits
 
@@ -139,7 +140,7 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
         runners[v["name"]] = runner
         rows.append(row)
     log(f"[benchmark] {len(runners)} variants on the CPU with {threads} thread(s): batch-1 latency in "
-        f"{window_seconds}s windows (stable: last 3 within 10%, at most {max_windows})")
+        f"{window_seconds}s windows (stable: 3 consecutive windows within 10%, at most {max_windows})")
     x1 = np.ascontiguousarray(ds.test.x[:1])
     lat = benchmarking.measure_windows(runners, x1, window_seconds=window_seconds,
                                        max_windows=max_windows, log=log)
@@ -186,5 +187,5 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
         if row.get("latency_ms"):
             log(f"[benchmark] {row['name']:<34} acc {row['accuracy']:.4f}  p50 {row['latency_ms']['p50']:.4f} ms  "
                 f"p99 {row['latency_ms']['p99']:.4f} ms  {row['size_bytes'] / 1e3:,.0f} kB  "
-                f"{'stable' if row['latency_ms']['stable'] else 'NOT stable'}")
+                f"{stability_label(row).strip() or 'stable'}")
     return result
