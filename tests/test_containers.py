@@ -311,7 +311,9 @@ def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir
         request = urllib.request.Request(f"{base}/predict", data=json.dumps({"instances": rows.tolist()}).encode(),
                                          headers={"Content-Type": "application/json"})
         predictions = json.loads(urllib.request.urlopen(request, timeout=10).read())["predictions"]
-        assert len(predictions) == 3 and all(len(p) == 10 for p in predictions)
+        # each prediction: the logits and the class name (the model's meta.json has class names)
+        assert len(predictions) == 3 and all(len(p["logits"]) == 10 for p in predictions)
+        assert all(p["label"] in [str(i) for i in range(10)] for p in predictions)
     finally:
         server.terminate()
         try:
