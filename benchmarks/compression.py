@@ -18,9 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modelpress import (benchmarking, data, distillation, export, models, pruning,  # noqa: E402
-                        quantisation, runtime, training)
-from modelpress.config import check_keys, load_yaml  # noqa: E402
+from modelpress import data, models, training  # noqa: E402
+from modelpress.compression import distillation, pruning, quantisation  # noqa: E402
+from modelpress.evaluation import torch_scoring  # noqa: E402
+from modelpress.export import onnx_export, runtime  # noqa: E402
+from modelpress.selection import benchmarking  # noqa: E402
+from pipelines.config import check_keys, load_yaml  # noqa: E402
 
 SECTIONS = ("dataset", "teacher", "structured", "unstructured", "student", "quantisation", "measure")
 
@@ -79,7 +82,7 @@ def produce(cfg: dict, work: Path, reuse: bool) -> dict[str, Path]:
     for name, tdir in torch_dirs.items():
         onnx_dirs[name] = work / f"{name}-onnx"
         if need(onnx_dirs[name]):
-            export.export_onnx(str(tdir), str(step["ds"]), str(onnx_dirs[name]), log=log)
+            onnx_export.export_onnx(str(tdir), str(step["ds"]), str(onnx_dirs[name]), log=log)
     q = cfg["quantisation"]
     quantised = {}
     for name, method in (("teacher", "static-int8"), ("teacher", "dynamic-int8"),
@@ -116,7 +119,7 @@ def measure(paths: dict[str, Path], m: dict) -> tuple[list[dict], dict]:
             model, spec = models.load_model(str(path))
             file = path / models.WEIGHTS_FILE
             runners[name] = benchmarking.torch_runner(model, threads)
-            logits = training.predict_logits(model, ds.test.x)
+            logits = torch_scoring.predict_logits(model, ds.test.x)
             meta = runtime.read_meta(paths["ONNX fp32"])
             params, macs = models.count_params(model), meta["macs"]
         else:

@@ -25,7 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modelpress import benchmarking, data, distributed, training  # noqa: E402
+from modelpress.selection import benchmarking
+from modelpress import data
+from modelpress.training import distributed
+from modelpress import training  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from modelpress.runtime import onnx_file  # noqa: E402
+from modelpress.export.runtime import onnx_file  # noqa: E402
 from modelpress.serving.protocol import BINARY_HEADER, encode_infer, parse_infer  # noqa: E402
 
 

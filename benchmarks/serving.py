@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from modelpress import benchmarking, repository, runtime  # noqa: E402
+from modelpress.selection import benchmarking
+from modelpress.deploy import repository
+from modelpress.export import runtime  # noqa: E402
 from modelpress.serving import loadtest  # noqa: E402
 
 MODEL = "ref"
@@ -48,8 +50,10 @@ def ensure_model(path: Path) -> Path:
     if (path / runtime.ONNX_FILE).exists():
         return path
     log(f"{path} missing: training and exporting the reference model (configs/compression.yaml, ~5 min)")
-    from modelpress import data, export, training
-    from modelpress.config import load_yaml
+    from modelpress import data
+    from modelpress.export import onnx_export
+    from modelpress import training
+    from pipelines.config import load_yaml
 
     cfg = load_yaml(str(ROOT / "configs" / "compression.yaml"))
     work = path.parent
@@ -62,7 +66,7 @@ def ensure_model(path: Path) -> Path:
         training.train(str(ds), str(teacher), architecture=t["architecture"], model_args=t.get("model_args", {}),
                        settings=training.TrainSettings(epochs=t["epochs"], learning_rate=t["learning_rate"],
                                                        batch_size=t.get("batch_size", 64), patience=0), log=log)
-    export.export_onnx(str(teacher), str(ds), str(path), log=log)
+    onnx_export.export_onnx(str(teacher), str(ds), str(path), log=log)
     return path
 
 

@@ -27,7 +27,10 @@ def benchmark(
     max_windows: int = 10,
 ):
     """Score and time every variant (and the deployed champion) on the same test split."""
-    from modelpress import comparison, kfp_io, report as report_mod, repository as repo
+    from modelpress.selection import comparison
+    from components._io import record
+    from modelpress.selection import report as report_mod
+    from modelpress.deploy import repository as repo
 
     variants = [
         {"name": "torch eager fp32", "path": torch_model.path, "kind": "torch", "role": "baseline"},
@@ -55,5 +58,5 @@ def benchmark(
             key = row["name"].replace(" ", "_").replace("-", "_")
             figures[f"{key}_p50_ms"] = row["latency_ms"]["p50"]
             figures[f"{key}_accuracy"] = row["accuracy"]
-    kfp_io.record({"metadata": {"variants": [r["name"] for r in result["variants"]]}, "metrics": figures},
+    record({"metadata": {"variants": [r["name"] for r in result["variants"]]}, "metrics": figures},
                   artifact=results, metrics=metrics)

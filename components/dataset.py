@@ -29,7 +29,7 @@ def make_dataset(
             it in): part of this step's cache key, so changed data reruns the step.
     """
     from modelpress import data
-    from modelpress.fingerprint import fingerprint
+    from modelpress.data.fingerprint import fingerprint
 
     computed = fingerprint(source)
     note = "" if computed == source_fingerprint else (

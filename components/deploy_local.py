@@ -13,7 +13,7 @@ def deploy_local(
     max_queue_delay_us: int = 0,
 ) -> int:
     """Write the model as the next numbered version of a Triton-layout model repository."""
-    from modelpress import repository as repo
+    from modelpress.deploy import repository as repo
 
     version = repo.deploy(model.path, repository, model_name, max_batch_size=max_batch_size,
                           max_queue_delay_us=max_queue_delay_us,

@@ -29,7 +29,8 @@ def deploy_vertex(
     the upload's artifact_uri). `repository`, when given, gets the same version recorded after
     the deploy succeeded: later runs read the champion there. Returns the model version.
     """
-    from modelpress import repository as repo, vertex
+    from modelpress.deploy import repository as repo
+    from modelpress.deploy import vertex
 
     serving = vertex.Serving(serve_image=serve_image, model_display_name=model_display_name,
                              endpoint_display_name=endpoint_display_name, machine_type=machine_type,

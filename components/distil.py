@@ -20,10 +20,12 @@ def distil(
     seed: int = 0,
 ):
     """Knowledge distillation: the student learns the teacher's soft targets (Hinton loss)."""
-    from modelpress import distillation, kfp_io, training
+    from modelpress.compression import distillation
+    from components._io import record
+    from modelpress import training
 
     settings = training.TrainSettings(epochs=epochs, learning_rate=learning_rate, seed=seed, patience=0)
     result = distillation.distil(teacher.path, dataset.path, student.path,
                                  student_architecture=student_architecture, student_args=student_args,
                                  temperature=temperature, alpha=alpha, settings=settings)
-    kfp_io.record(result, artifact=student, metrics=metrics, classification=classification)
+    record(result, artifact=student, metrics=metrics, classification=classification)

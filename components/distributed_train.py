@@ -38,7 +38,9 @@ def distributed_train(
     backend: "auto" = nccl with CUDA, else gloo. microbatches/schedule ("gpipe" | "1f1b"):
     pipeline parallelism only. Only the global rank 0 writes the model and metrics.
     """
-    from modelpress import distributed, kfp_io, training
+    from modelpress.training import distributed
+    from components._io import record
+    from modelpress import training
 
     settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                       optimizer=optimizer, weight_decay=weight_decay, seed=seed,
@@ -53,4 +55,4 @@ def distributed_train(
         # output paths: leave before KFP's executor writes an empty executor_output.json over
         # rank 0's (SystemExit skips that write; exit status 0 keeps the job successful).
         raise SystemExit(0)
-    kfp_io.record(result, artifact=model, metrics=metrics, classification=classification)
+    record(result, artifact=model, metrics=metrics, classification=classification)

@@ -15,8 +15,9 @@ def export_onnx(
     atol: float = 1e-4,
 ):
     """Export to ONNX (dynamic batch), check it, verify it against torch on test inputs."""
-    from modelpress import export, kfp_io
+    from modelpress.export import onnx_export
+    from components._io import record
 
-    result = export.export_onnx(model.path, dataset.path, onnx_model.path, opset=opset,
+    result = onnx_export.export_onnx(model.path, dataset.path, onnx_model.path, opset=opset,
                                 rtol=rtol, atol=atol)
-    kfp_io.record(result, artifact=onnx_model, metrics=metrics)
+    record(result, artifact=onnx_model, metrics=metrics)

@@ -21,10 +21,12 @@ def prune(
 
     amount: channel ratio for structured, target weight sparsity for unstructured.
     """
-    from modelpress import kfp_io, pruning, training
+    from components._io import record
+    from modelpress.compression import pruning
+    from modelpress import training
 
     settings = training.TrainSettings(epochs=finetune_epochs, learning_rate=learning_rate, seed=seed,
                                       patience=0)
     result = pruning.prune(model.path, dataset.path, pruned.path, method=method, amount=amount,
                            steps=steps, settings=settings)
-    kfp_io.record(result, artifact=pruned, metrics=metrics)
+    record(result, artifact=pruned, metrics=metrics)

@@ -20,10 +20,11 @@ def quantise(
 
     reduce_range: "auto" (on for x86 CPUs without VNNI), "true" or "false".
     """
-    from modelpress import kfp_io, quantisation
+    from components._io import record
+    from modelpress.compression import quantisation
 
     result = quantisation.quantise(onnx_model.path, dataset.path, quantised.path, method=method,
                                    calibration_samples=calibration_samples,
                                    calibration_method=calibration_method, per_channel=per_channel,
                                    reduce_range=quantisation.parse_reduce_range(reduce_range))
-    kfp_io.record(result, artifact=quantised, metrics=metrics)
+    record(result, artifact=quantised, metrics=metrics)

@@ -18,7 +18,8 @@ def score_challenger(
     max_windows: int = 5,
 ):
     """Score the challenger and the champion (latest version in `repository`) on the same test split."""
-    from modelpress import kfp_io, retraining
+    from components._io import record
+    from modelpress.selection import retraining
 
     result = retraining.score(dataset.path, torch_model.path, onnx_model.path, results.path,
                               champion_repository=repository, model_name=model_name, threads=threads,
@@ -27,5 +28,5 @@ def score_challenger(
     figures = {"work_seconds": result["work_seconds"], "challenger_accuracy": rows["candidate"]["accuracy"]}
     if "champion" in rows:
         figures["champion_accuracy"] = rows["champion"]["accuracy"]
-    kfp_io.record({"metadata": {"variants": [r["name"] for r in result["variants"]]}, "metrics": figures},
+    record({"metadata": {"variants": [r["name"] for r in result["variants"]]}, "metrics": figures},
                   artifact=results, metrics=metrics)

@@ -23,11 +23,12 @@ def select(
     The choice and the reasons are on the `chosen` artifact's metadata (variant, reason).
     A single return value keeps `dsl.If(select.output == True)` resolvable by kfp.local.
     """
-    from modelpress import kfp_io, selection
+    from components._io import record
+    from modelpress.selection import decision
 
-    policy = selection.Policy(tolerance=tolerance, tolerance_mode=tolerance_mode, p95_budget_ms=p95_budget_ms,
+    policy = decision.Policy(tolerance=tolerance, tolerance_mode=tolerance_mode, p95_budget_ms=p95_budget_ms,
                               size_budget_bytes=size_budget_bytes, objective=objective,
                               accuracy_floor=accuracy_floor)
-    out = selection.write_decision(results.path, policy, chosen.path, report.path, table.path)
-    kfp_io.record(out, artifact=chosen, metrics=metrics)
+    out = decision.write_decision(results.path, policy, chosen.path, report.path, table.path)
+    record(out, artifact=chosen, metrics=metrics)
     return out["blessed"]

@@ -22,11 +22,12 @@ def train(
     device: str = "auto",
 ):
     """Train a registry model; log test accuracy, losses, throughput and compute."""
-    from modelpress import kfp_io, training
+    from components._io import record
+    from modelpress import training
 
     settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                       optimizer=optimizer, weight_decay=weight_decay, seed=seed,
                                       patience=patience, device=device)
     result = training.train(dataset.path, model.path, architecture=architecture,
                             model_args=model_args, settings=settings)
-    kfp_io.record(result, artifact=model, metrics=metrics, classification=classification)
+    record(result, artifact=model, metrics=metrics, classification=classification)

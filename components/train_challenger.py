@@ -26,7 +26,9 @@ def train_challenger(
 ):
     """Train a challenger like `train`. warm_start: a torch model dir or gs:// URI, or "champion" (the
     weights the latest version of `model_name` in `repository` was exported from); "" = from scratch."""
-    from modelpress import kfp_io, retraining, training
+    from components._io import record
+    from modelpress.selection import retraining
+    from modelpress import training
 
     settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                       optimizer=optimizer, weight_decay=weight_decay, seed=seed,
@@ -34,4 +36,4 @@ def train_challenger(
     result = retraining.train_challenger(dataset.path, model.path, warm_start=warm_start,
                                          architecture=architecture, model_args=model_args, settings=settings,
                                          champion_repository=repository, model_name=model_name)
-    kfp_io.record(result, artifact=model, metrics=metrics, classification=classification)
+    record(result, artifact=model, metrics=metrics, classification=classification)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    from .serving import cli as serving_cli
+    from modelpress.serving import cli as serving_cli
 
     serving_cli.add_serve(commands)
     serving_cli.add_loadtest(commands)

@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (sys.path: repository root first)
 
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 from pipelines import settings
 from pipelines.registry import PIPELINES
 from pipelines.targets import TARGETS, Target

@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelpress.errors import ModelpressError
-from modelpress.fileio import write_json_atomic
+from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import write_json_atomic
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _CACHE = re.compile(r"Task '?([^' ]+)'? cache hit \(key=(\w+)\)")
 _PIPE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
-# the last line of a Python traceback: "modelpress.errors.ModelpressError: what went wrong"
+# the last line of a Python traceback: "modelpress.core.errors.ModelpressError: what went wrong"
 _ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
 KEY_METRICS = ("test_accuracy", "accuracy", "max_abs_diff", "size_bytes", "samples_per_s",
                "training_pflop_days", "epochs_run")
@@ -219,7 +219,7 @@ def _highlights(tasks: list[dict]) -> dict:
 
 def _latencies(tasks: list[dict], chosen: str | None) -> dict:
     """p50 (ms) and its instability for the chosen variant and the two baselines, from the results."""
-    from modelpress.selection import instability
+    from modelpress.selection.decision import instability
 
     bench = next((t for t in tasks if t["task"] in ("benchmark", "score-challenger")), None)
     uri = (bench or {}).get("artifacts", {}).get("results")

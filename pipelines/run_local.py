@@ -20,8 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (sys.path: repository root first)
 
-from modelpress.config import parse_overrides
-from modelpress.errors import ModelpressError
+from pipelines.config import parse_overrides
+from modelpress.core.errors import ModelpressError
 from pipelines import local_run, settings
 from pipelines.registry import PIPELINES
 

@@ -12,10 +12,10 @@ import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from modelpress.config import check_keys, check_parameters, load_yaml
-from modelpress.errors import ModelpressError
-from modelpress.fingerprint import fingerprint as content_fingerprint
-from modelpress.vertex import GIT_SHA, Serving, resolve_image
+from pipelines.config import check_keys, check_parameters, load_yaml
+from modelpress.core.errors import ModelpressError
+from modelpress.data.fingerprint import fingerprint as content_fingerprint
+from modelpress.deploy.vertex import GIT_SHA, Serving, resolve_image
 from pipelines.registry import PIPELINES
 from pipelines.signature import signature
 from pipelines.targets import Target, TrainingJob
@@ -189,7 +189,7 @@ SCHEDULE_KEYS = ("pipeline", "display_name", "cron", "parameters", "max_concurre
 
 def load_schedules(path: str | Path, cfg: TargetConfig) -> list[dict]:
     """configs/schedules.yaml: every entry checked, its parameters merged over the config's block."""
-    from modelpress.vertex import check_cron, check_display_name
+    from modelpress.deploy.vertex import check_cron, check_display_name
 
     data = load_yaml(str(path))
     check_keys(data, ["schedules"], str(path))

@@ -28,10 +28,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (sys.path: repository root first)
 
-from modelpress import vertex
-from modelpress.config import parse_overrides
-from modelpress.errors import ModelpressError
-from modelpress.fingerprint import fingerprint as content_fingerprint
+from modelpress.deploy import vertex
+from pipelines.config import parse_overrides
+from modelpress.core.errors import ModelpressError
+from modelpress.data.fingerprint import fingerprint as content_fingerprint
 from pipelines import settings
 from pipelines.compile import compile_pipeline
 from pipelines.registry import PIPELINES

@@ -11,8 +11,8 @@ import copy
 import functools
 from dataclasses import dataclass
 
-from modelpress.errors import ModelpressError
-from modelpress.vertex import Serving, check_accelerator
+from modelpress.core.errors import ModelpressError
+from modelpress.deploy.vertex import Serving, check_accelerator
 
 TARGETS = ("local", "vertex")
 

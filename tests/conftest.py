@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from modelpress import data, models, training
+from modelpress import data
+from modelpress import models
+from modelpress import training
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +26,10 @@ def mlp_dir(tmp_path_factory, digits_dir):
 
 @pytest.fixture(scope="session")
 def mlp_onnx_dir(tmp_path_factory, digits_dir, mlp_dir):
-    from modelpress import export
+    from modelpress.export import onnx_export
 
     out = tmp_path_factory.mktemp("mlp_onnx") / "onnx"
-    export.export_onnx(mlp_dir[0], digits_dir, str(out), log=lambda s: None)
+    onnx_export.export_onnx(mlp_dir[0], digits_dir, str(out), log=lambda s: None)
     return str(out)
 
 

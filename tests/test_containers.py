@@ -282,7 +282,8 @@ def _free_port() -> int:
 
 
 def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir, digits_dir):
-    from modelpress import data, repository
+    from modelpress import data
+    from modelpress.deploy import repository
 
     packages = _serve_packages()
     assert not {"torch", "kfp"} & {canonicalize_name(Requirement(p).name) for p in packages}

@@ -22,11 +22,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import __version__
-from . import postprocess
-from .batching import SchedulerClosed, ServerError
-from .protocol import BINARY_HEADER, DATATYPES, ClientError, encode_infer, parse_infer
-from .store import ModelStore, ModelVersion
+from modelpress import __version__
+from modelpress.serving import postprocess
+from modelpress.serving.batching import SchedulerClosed, ServerError
+from modelpress.serving.protocol import BINARY_HEADER, DATATYPES, ClientError, encode_infer, parse_infer
+from modelpress.serving.store import ModelStore, ModelVersion
 
 log = logging.getLogger("modelpress.serve")
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .protocol import ClientError
+from modelpress.serving.protocol import ClientError
 
 log = logging.getLogger("modelpress.serve")
 

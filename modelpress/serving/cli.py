@@ -47,8 +47,8 @@ def add_serve(commands) -> None:
 
 
 def _serve(args) -> int:
-    from .app import ServeSettings
-    from .server import Listen, serve
+    from modelpress.serving.app import ServeSettings
+    from modelpress.serving.server import Listen, serve
 
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), request_timeout_s=args.request_timeout,
                              poll_seconds=args.poll_seconds, vertex_model=args.model)
@@ -76,8 +76,8 @@ def add_loadtest(commands) -> None:
 
 
 def _loadtest(args) -> int:
-    from ..fileio import write_json_atomic
-    from . import loadtest
+    from modelpress.core.fileio import write_json_atomic
+    from modelpress.serving import loadtest
 
     if args.rate is not None and args.rate <= 0:
         raise SystemExit("modelpress loadtest: error: --rate must be > 0")

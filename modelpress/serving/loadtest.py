@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import ModelpressError
-from .protocol import DATATYPES, binary_request, decode_infer_response, json_request
+from modelpress.core.errors import ModelpressError
+from modelpress.serving.protocol import DATATYPES, binary_request, decode_infer_response, json_request
 
 
 @dataclass

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelpressError
-from ..runtime import META_FILE
-from .batching import ServerError
-from .protocol import ClientError, bytes_array
+from modelpress.core.errors import ModelpressError
+from modelpress.export.runtime import META_FILE
+from modelpress.serving.batching import ServerError
+from modelpress.serving.protocol import ClientError, bytes_array
 
 SCORES = "logits"           # the output the derived ones come from (or the model's only output)
 PROBABILITIES, LABEL = "probabilities", "label"

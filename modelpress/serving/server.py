@@ -21,10 +21,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ModelpressError
-from .app import InferenceApp, ServeSettings
-from .metrics import ServerMetrics
-from .store import ModelStore
+from modelpress.core.errors import ModelpressError
+from modelpress.serving.app import InferenceApp, ServeSettings
+from modelpress.serving.metrics import ServerMetrics
+from modelpress.serving.store import ModelStore
 
 log = logging.getLogger("modelpress.serve")
 
@@ -80,7 +80,7 @@ def fetch_repository(uri: str, dest: Path | None = None) -> Path:
 
 def _check_vertex_model(root: Path, model: str | None) -> None:
     """The predict route serves one model: know which before reporting healthy."""
-    from ..repository import CONFIG_FILE
+    from modelpress.deploy.repository import CONFIG_FILE
 
     names = sorted(d.name for d in root.iterdir() if (d / CONFIG_FILE).exists())
     if model is None and len(names) != 1:

@@ -9,7 +9,7 @@ from kfp.dsl import ClassificationMetrics, Dataset, Metrics, Model
 from components.dataset import make_dataset
 from components.export_onnx import export_onnx
 from components.train import train
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 
 def _art(cls, path):

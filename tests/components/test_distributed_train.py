@@ -9,7 +9,7 @@ from kfp.dsl import ClassificationMetrics, Dataset, Metrics, Model
 
 from components.distributed_train import distributed_train
 from components.export_onnx import export_onnx
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 
 def _art(cls, path):
@@ -87,11 +87,12 @@ def test_runs_in_a_kfp_local_pipeline(tmp_path):
 
 
 def test_a_node_without_rank_zero_leaves_before_the_executor_writes_outputs(digits_dir, tmp_path, monkeypatch):
-    from modelpress import distributed, kfp_io
+    from modelpress.training import distributed
+    from components import _io
 
     recorded = []
     monkeypatch.setattr(distributed, "train", lambda *a, **k: None)  # what every node but rank 0's gets
-    monkeypatch.setattr(kfp_io, "record", lambda *a, **k: recorded.append(a))
+    monkeypatch.setattr(_io, "record", lambda *a, **k: recorded.append(a))
     with pytest.raises(SystemExit) as exit_:
         distributed_train.python_func(
             dataset=_art(Dataset, digits_dir), **_outputs(tmp_path), architecture="cnn", model_args={}, epochs=1,

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelpress import data, runtime
+from modelpress import data
+from modelpress.export import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelpress import repository
+from modelpress.deploy import repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "epochs=10", "--set", "model_args={channels: [16, 32]}", "--set", "prune_finetune_epochs=2",

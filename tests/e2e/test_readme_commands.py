@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpress import repository
+from modelpress.deploy import repository
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "serving.md", ROOT / "docs" / "vertex.md"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpress import repository
+from modelpress.deploy import repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "epochs=6", "--set", "learning_rate=0.005", "--set", "model_args={channels: [8, 16]}",

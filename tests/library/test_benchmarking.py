@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from modelpress import benchmarking
+from modelpress.selection import benchmarking
 
 
 def _sleeper(ms_by_call):

@@ -7,8 +7,17 @@ import onnx
 import pytest
 import torch
 
-from modelpress import data, distillation, export, models, pruning, quantisation, runtime, training
-from modelpress.errors import ModelpressError
+from modelpress.evaluation import torch_scoring
+from modelpress.core import hardware
+from modelpress import data
+from modelpress.compression import distillation
+from modelpress.export import onnx_export
+from modelpress import models
+from modelpress.compression import pruning
+from modelpress.compression import quantisation
+from modelpress.export import runtime
+from modelpress import training
+from modelpress.core.errors import ModelpressError
 
 QUIET = dict(log=lambda s: None)
 FT = training.TrainSettings(epochs=1, learning_rate=1e-3, patience=0)
@@ -56,7 +65,7 @@ def test_structured_removes_channels_and_reloads_from_spec(small_mobilenet, digi
     assert after.classifier.out_features == 10
     x = torch.from_numpy(data.load_dataset(digits_dir).test.x[:4])
     assert models.load_model(str(tmp_path / "p"))[0](x).shape == (4, 10)
-    export.export_onnx(str(tmp_path / "p"), digits_dir, str(tmp_path / "o"), **QUIET)
+    onnx_export.export_onnx(str(tmp_path / "p"), digits_dir, str(tmp_path / "o"), **QUIET)
     assert runtime.read_meta(tmp_path / "o")["params"] == m["params_after"]
 
 
@@ -106,9 +115,9 @@ def test_distil_reports_student_and_teacher_on_same_split(mlp_dir, digits_dir, t
                                  **QUIET)
     teacher, _ = models.load_model(mlp_dir[0])
     ds = data.load_dataset(digits_dir)
-    assert result["metrics"]["teacher_accuracy"] == training.evaluate(teacher, ds.test.x, ds.test.y, 10)["accuracy"]
+    assert result["metrics"]["teacher_accuracy"] == torch_scoring.evaluate(teacher, ds.test.x, ds.test.y, 10)["accuracy"]
     student, spec = models.load_model(str(tmp_path / "s"))
-    assert result["metrics"]["student_accuracy"] == training.evaluate(student, ds.test.x, ds.test.y, 10)["accuracy"]
+    assert result["metrics"]["student_accuracy"] == torch_scoring.evaluate(student, ds.test.x, ds.test.y, 10)["accuracy"]
     assert result["metrics"]["student_params"] < result["metrics"]["teacher_params"]
     assert spec["info"]["distillation"]["temperature"] == 4.0
 
@@ -137,7 +146,7 @@ def test_static_int8_has_qdq_nodes_runs_and_keeps_accuracy(mlp_onnx_dir, digits_
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(tmp_path / "q")
     meta = runtime.read_meta(tmp_path / "q")
     assert meta["quantisation"]["format"] == "QDQ" and meta["quantisation"]["calibration_samples"] == 64
-    assert meta["quantisation"]["reduce_range"] == (not quantisation.has_vnni())
+    assert meta["quantisation"]["reduce_range"] == (not hardware.has_vnni())
     # tiny model (27 kB): scales, zero points and the fp32 input normalisation weigh in
     assert result["metrics"]["size_ratio"] < 0.52
     fp32 = runtime.read_meta(mlp_onnx_dir)["accuracy"]
@@ -158,8 +167,8 @@ def test_dynamic_int8_and_fp16(mlp_onnx_dir, digits_dir, tmp_path):
 
 
 def test_reduce_range_follows_cpu_flags():
-    assert quantisation.has_vnni(["avx2", "avx512_vnni"]) and quantisation.has_vnni(["avx_vnni"])
-    assert not quantisation.has_vnni(["avx2", "fma"])
+    assert hardware.has_vnni(["avx2", "avx512_vnni"]) and hardware.has_vnni(["avx_vnni"])
+    assert not hardware.has_vnni(["avx2", "fma"])
     assert quantisation.parse_reduce_range("auto") is None
     assert quantisation.parse_reduce_range("true") is True
     with pytest.raises(ModelpressError, match="reduce_range"):

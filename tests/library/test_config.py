@@ -1,7 +1,7 @@
 import pytest
 
-from modelpress import config
-from modelpress.errors import ModelpressError
+from pipelines import config
+from modelpress.core.errors import ModelpressError
 
 SIG = {"epochs": ("Integer", 20), "learning_rate": ("Float", 0.002), "source": ("String", "digits"),
        "model_args": ("Dict", {}), "architecture": ("String", "cnn")}

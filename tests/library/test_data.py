@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from modelpress import data
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 
 def _write_csv(path, rows, header="f1,f2,label"):
@@ -111,7 +111,7 @@ def test_image_folder_mixed_sizes_needs_resize(tmp_path):
 
 
 def test_gs_uri_maps_to_gcs_mount():
-    from modelpress.fileio import local_path
+    from modelpress.core.fileio import local_path
 
     assert str(local_path("gs://bucket/data/x.csv")) == "/gcs/bucket/data/x.csv"
     assert str(local_path("/tmp/x.csv")) == "/tmp/x.csv"

@@ -11,8 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modelpress import data, distributed, models, training
-from modelpress.errors import ModelpressError
+from modelpress.evaluation import torch_scoring
+from modelpress import data
+from modelpress.training import distributed
+from modelpress import models
+from modelpress import training
+from modelpress.core.errors import ModelpressError
 
 QUIET = {"log": lambda _msg: None, "verbose": False}
 
@@ -179,7 +183,8 @@ def _seeded_model(spec, seed):
 
 TWO_NODE_SCRIPT = """
 import json, sys
-from modelpress import distributed, training
+from modelpress.training import distributed
+from modelpress import training
 result = distributed.train(sys.argv[1], sys.argv[2], architecture="mlp", model_args={"hidden": [16]},
                            settings=training.TrainSettings(epochs=2, batch_size=32, patience=0, device="cpu"),
                            layout=distributed.Layout(nproc_per_node=1, master_port=1), verbose=False)
@@ -221,7 +226,7 @@ def test_pipeline_two_stages_reach_the_single_process_loss(digits_dir, tmp_path)
     assert m["p2p_bytes_per_step"] == 2 * 64 * 8 * 4 * 4 * 4
     model, _ = models.load_model(str(tmp_path / "pipe"))  # the stages were put back together
     ds = data.load_dataset(digits_dir)
-    assert training.evaluate(model, ds.test.x, ds.test.y, 10)["accuracy"] == pytest.approx(m["test_accuracy"])
+    assert torch_scoring.evaluate(model, ds.test.x, ds.test.y, 10)["accuracy"] == pytest.approx(m["test_accuracy"])
 
 
 def test_an_error_in_a_worker_surfaces_as_its_message(digits_dir, tmp_path):

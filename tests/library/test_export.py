@@ -6,16 +6,19 @@ import onnx
 import pytest
 import torch
 
-from modelpress import data, export, models, runtime
-from modelpress.errors import ModelpressError
+from modelpress import data
+from modelpress.export import onnx_export
+from modelpress import models
+from modelpress.export import runtime
+from modelpress.core.errors import ModelpressError
 
 
 def test_export_matches_torch_and_has_dynamic_batch(mlp_onnx_dir, mlp_dir, digits_dir):
     meta = json.loads((Path(mlp_onnx_dir) / "meta.json").read_text())
-    assert meta["opset"] == export.OPSET and meta["max_abs_diff"] < 1e-4
+    assert meta["opset"] == onnx_export.OPSET and meta["max_abs_diff"] < 1e-4
     assert not (Path(mlp_onnx_dir) / "model.onnx.data").exists()  # weights embedded
     proto = onnx.load(str(Path(mlp_onnx_dir) / "model.onnx"))
-    assert proto.opset_import[0].version == export.OPSET
+    assert proto.opset_import[0].version == onnx_export.OPSET
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value  # symbolic batch dimension
     model, _ = models.load_model(mlp_dir[0])
@@ -31,10 +34,10 @@ def test_export_matches_torch_and_has_dynamic_batch(mlp_onnx_dir, mlp_dir, digit
 
 def test_tolerance_breach_fails_and_writes_nothing(mlp_dir, digits_dir, tmp_path, monkeypatch):
     # ONNX Runtime can match torch bit for bit on an MLP: make the exported model drift
-    run_logits = export.runtime.run_logits
-    monkeypatch.setattr(export.runtime, "run_logits", lambda sess, x, **kw: run_logits(sess, x, **kw) + 1e-3)
+    run_logits = onnx_export.runtime.run_logits
+    monkeypatch.setattr(onnx_export.runtime, "run_logits", lambda sess, x, **kw: run_logits(sess, x, **kw) + 1e-3)
     with pytest.raises(ModelpressError, match="differs from torch beyond tolerance"):
-        export.export_onnx(mlp_dir[0], digits_dir, str(tmp_path / "o"), log=lambda s: None)
+        onnx_export.export_onnx(mlp_dir[0], digits_dir, str(tmp_path / "o"), log=lambda s: None)
     assert not (tmp_path / "o").exists()
 
 

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from modelpress import fileio, repository
+from modelpress.core import fileio
+from modelpress.deploy import repository
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 from torch import nn
 
-from modelpress import flops
+from modelpress.models import flops
 
 
 def test_mlp_flops_by_hand():

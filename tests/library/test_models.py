@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modelpress import models
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 
 @pytest.mark.parametrize("arch, shape, args", [

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from modelpress import report, report_plots, selection
+from modelpress.selection import report
+from modelpress.selection import report_plots
+from modelpress.selection import decision
 
 FLAGS = sorted("avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 "
                "avx512vbmi avx512_vbmi2 avx512_bitalg avx512_vpopcntdq avx512ifma amx_bf16 amx_tile amx_int8 "
@@ -33,7 +35,7 @@ def unstable_chosen():
             _row("onnx fp32", role="baseline-onnx", p50=0.2, size=39_000),
             _row("dynamic int8", p50=0.0325, stable=False, windows=[0.05, 0.03, 0.045, 0.03], size=12_000)]
     results = _results(rows)
-    out = selection.decide(results, selection.Policy(tolerance=0.01))
+    out = decision.decide(results, decision.Policy(tolerance=0.01))
     assert out["decision"]["chosen"] == "dynamic int8"
     return results, out["decision"], out["blessing"]
 
@@ -107,7 +109,7 @@ def test_a_non_deployable_candidate_is_not_called_a_failure():
     rows = [_row("torch eager fp32", role="baseline", kind="torch"), _row("onnx fp32", role="baseline-onnx"),
             _row("torch compiled", kind="torch", p50=0.1)]
     results = _results(rows)
-    page = report.render_html(results, selection.select(results, selection.Policy()))
+    page = report.render_html(results, decision.select(results, decision.Policy()))
     assert "not a candidate (torch)¹" in page and "deployable: FAIL" not in page
 
 
@@ -150,7 +152,7 @@ def test_a_stable_choice_has_no_warning_and_an_unstable_gpu_figure_is_labelled()
     results = _results(rows)
     results["gpu"] = [{"name": "torch cuda fp32", "latency_ms": {"p50": 0.05, "stable": False},
                        "throughput_per_s": 1e5}]
-    out = selection.decide(results, selection.Policy())
+    out = decision.decide(results, decision.Policy())
     page = report.render_html(results, out["decision"], out["blessing"])
     assert "class='warn'" not in page and "unstable, spread" not in page
     assert "torch cuda fp32: p50 0.0500 ms (unstable), 100,000 rows/s" in page
@@ -161,5 +163,5 @@ def test_decision_text_gives_units_for_every_objective():
     rows = [_row("torch eager fp32", role="baseline", kind="torch"), _row("onnx fp32", role="baseline-onnx")]
     results = _results(rows)
     for objective, unit in (("size", "bytes"), ("throughput", "rows/s"), ("p95", "ms")):
-        decision = selection.select(results, selection.Policy(objective=objective))
+        decision = decision.select(results, decision.Policy(objective=objective))
         assert re.search(rf"\([\d.e+]+ {re.escape(unit)}\)", report.decision_text(results, decision)), objective

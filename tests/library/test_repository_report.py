@@ -5,8 +5,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from modelpress import report, repository
-from modelpress.errors import ModelpressError
+from modelpress.selection import report
+from modelpress.deploy import repository
+from modelpress.core.errors import ModelpressError
 
 
 def test_deploy_writes_numbered_versions_and_a_triton_config(mlp_onnx_dir, tmp_path):

@@ -4,8 +4,12 @@ import json
 
 import pytest
 
-from modelpress import data, models, repository, retraining, training
-from modelpress.errors import ModelpressError
+from modelpress import data
+from modelpress import models
+from modelpress.deploy import repository
+from modelpress.selection import retraining
+from modelpress import training
+from modelpress.core.errors import ModelpressError
 
 QUIET = dict(log=lambda s: None)
 
@@ -57,7 +61,7 @@ def test_score_puts_the_latest_champion_beside_the_challenger(tmp_path, digits_d
 
 
 def test_warm_start_from_the_deployed_champion(tmp_path, digits_dir, mlp_dir):
-    from modelpress import export
+    from modelpress.export import onnx_export
 
     champion_dir, champion = mlp_dir
     repo = tmp_path / "repo"
@@ -69,7 +73,7 @@ def test_warm_start_from_the_deployed_champion(tmp_path, digits_dir, mlp_dir):
                                           model_args={"hidden": [64]}, settings=tiny, log=lines.append)
     assert any("training from scratch" in line for line in lines) and "warm_start" not in scratch["metadata"]
     # deployed: the version's meta.json leads back to the torch weights it was exported from
-    export.export_onnx(champion_dir, digits_dir, str(tmp_path / "onnx"), **QUIET)
+    onnx_export.export_onnx(champion_dir, digits_dir, str(tmp_path / "onnx"), **QUIET)
     repository.deploy(tmp_path / "onnx", repo, "digits")
     warm = retraining.train_challenger(digits_dir, str(tmp_path / "warm"), warm_start="champion",
                                        champion_repository=str(repo), settings=tiny, **QUIET)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from modelpress import training
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 
 def test_train_result_and_artifact(mlp_dir):

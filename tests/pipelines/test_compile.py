@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelpress.errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 from pipelines import settings
 from pipelines.compile import compile_all
 from pipelines.registry import PIPELINES

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from google.cloud.aiplatform_v1 import PipelineServiceClient, ScheduleServiceClient, types
 
-from modelpress import vertex
-from modelpress.errors import ModelpressError
+from modelpress.deploy import vertex
+from modelpress.core.errors import ModelpressError
 from pipelines import settings, submit
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,9 @@ from kfp.dsl import Model
 
 from components.deploy_vertex import deploy_vertex
 from components.distributed_train import distributed_train
-from modelpress import repository, vertex
-from modelpress.errors import ModelpressError
+from modelpress.deploy import repository
+from modelpress.deploy import vertex
+from modelpress.core.errors import ModelpressError
 from pipelines import settings
 from pipelines.compile import compile_pipeline
 from pipelines.targets import Target, TrainingJob, _training_job_op
@@ -187,7 +188,7 @@ def gcs(monkeypatch, tmp_path):
     """gs:// URIs as on Vertex: artifacts' .path and modelpress's local_path map them under one mount."""
     from kfp.dsl.types import artifact_types
 
-    from modelpress import fileio
+    from modelpress.core import fileio
 
     mount = tmp_path / "gcs"
     monkeypatch.setattr(artifact_types, "_GCS_LOCAL_MOUNT_PREFIX", f"{mount}/")
@@ -375,7 +376,7 @@ def test_git_sha_fills_the_image_tag(tmp_path):
 def test_a_component_input_named_like_a_custom_job_field_is_refused():
     from kfp import dsl
 
-    from modelpress.errors import ModelpressError
+    from modelpress.core.errors import ModelpressError
     from pipelines.targets import _check_no_clashing_inputs
 
     @dsl.component

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelpress import repository
+from modelpress.deploy import repository
 
 
 def make_onnx(folder: Path, seed: int = 0, scale: float = 1.0) -> Path:

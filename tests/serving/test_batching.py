@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from modelpress import runtime
+from modelpress.export import runtime
 from modelpress.serving.batching import BatchPolicy, Scheduler, ServerError
 
 from .conftest import expected_logits, make_onnx

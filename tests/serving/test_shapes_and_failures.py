@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from modelpress import runtime
+from modelpress.export import runtime
 from modelpress.serving.batching import BatchPolicy, Scheduler, ServerError
 
 from .conftest import VOCAB, deploy_seq, in_process_server, make_seq_onnx, seq_request, start_server, stop_server

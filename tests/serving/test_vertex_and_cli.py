@@ -102,7 +102,7 @@ def test_json_tensors_of_every_numeric_type(datatype, values):
 def test_gs_repository_is_copied_with_the_exact_listing_request(tmp_path, monkeypatch):
     from google.cloud import storage
 
-    from modelpress.errors import ModelpressError
+    from modelpress.core.errors import ModelpressError
     from modelpress.serving.server import fetch_repository
 
     class Blob:

@@ -16,14 +16,17 @@ from typing import Callable
 
 import numpy as np
 
-from . import benchmarking, models, runtime
-from .data import load_dataset
-from .errors import ModelpressError
-from .fileio import local_path, write_json_atomic
-from .quantisation import cpu_flags
-from .report import stability_label
-from .flops import forward_flops
-from .training import confusion_matrix, predict_logits
+from modelpress.selection import benchmarking
+from modelpress import models
+from modelpress.export import runtime
+from modelpress.data.dataset import load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import local_path, write_json_atomic
+from modelpress.core.hardware import cpu_flags
+from modelpress.selection.report import stability_label
+from modelpress.models.flops import forward_flops
+from modelpress.evaluation import confusion_matrix
+from modelpress.evaluation.torch_scoring import predict_logits
 
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "avx": 16}  # fp32, two FMA units per core
 

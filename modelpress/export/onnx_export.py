@@ -12,13 +12,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import flops as flops_mod
-from . import models, runtime
-from .data import load_dataset
-from .errors import ModelpressError
-from .kfp_io import timed
-from .fileio import atomic_dir, local_path, write_json_atomic
-from .training import score_logits
+from modelpress.models import flops as flops_mod
+from modelpress import models
+from modelpress.export import runtime
+from modelpress.data.dataset import load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.timing import timed
+from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
+from modelpress.evaluation import score_logits
 
 OPSET = 18  # the torch exporter's own op library targets 18: no version conversion
 INPUT_NAME = "input"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 OBJECTIVES = {"p50": ("latency_ms", "p50", 1), "p95": ("latency_ms", "p95", 1),
               "size": ("size_bytes", None, 1), "throughput": ("throughput_per_s", None, -1)}
@@ -55,7 +55,7 @@ UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}
 
 def instability(row: dict | None) -> str:
     """'' for a stable latency measurement, else ' (unstable, spread 35 %)', as the report says it."""
-    from .report import stability_label
+    from modelpress.selection.report import stability_label
 
     return stability_label(row or {})
 
@@ -198,8 +198,8 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
     """The select step: decide, copy the chosen model, write the report; return the record."""
     import shutil
 
-    from . import report
-    from .fileio import atomic_dir, local_path, read_json, write_json_atomic
+    from modelpress.selection import report
+    from modelpress.core.fileio import atomic_dir, local_path, read_json, write_json_atomic
 
     results = read_json(local_path(results_path))
     out = decide(results, policy)

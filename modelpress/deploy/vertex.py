@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 GIT_SHA = "GIT_SHA"  # placeholder in configs/vertex.yaml images, replaced by the image tag
 SERVE_PORT = 8080  # what `modelpress serve` binds in Vertex mode (AIP_HTTP_PORT)

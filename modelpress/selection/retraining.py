@@ -8,11 +8,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Callable
 
-from . import comparison, models, repository, runtime, training
-from .data import load_dataset
-from .errors import ModelpressError
-from .fileio import local_path
-from .kfp_io import timed
+from modelpress.selection import comparison
+from modelpress import models
+from modelpress.deploy import repository
+from modelpress.export import runtime
+from modelpress import training
+from modelpress.data.dataset import load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import local_path
+from modelpress.core.timing import timed
+from modelpress.evaluation import torch_scoring
 
 
 def _check_compatible(spec: dict, ds, warm_start: str) -> None:
@@ -73,11 +78,11 @@ def train_challenger(dataset_dir: str, out_dir: str, *, warm_start: str = "", ar
     model, spec = models.load_model(warm_start)
     _check_compatible(spec, ds, warm_start)
     n_classes = len(ds.class_names)
-    start = training.evaluate(model, ds.test.x, ds.test.y, n_classes)
+    start = torch_scoring.evaluate(model, ds.test.x, ds.test.y, n_classes)
     log(f"[train-challenger] warm start from {warm_start} ({spec['architecture']}, "
         f"{models.count_params(model):,} parameters): test accuracy {start['accuracy']:.4f} before training")
     fitted = training.fit(model, ds, settings, log=log, label="train-challenger")
-    test = training.evaluate(model, ds.test.x, ds.test.y, n_classes, fitted["device"])
+    test = torch_scoring.evaluate(model, ds.test.x, ds.test.y, n_classes, fitted["device"])
     models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings), "class_names": ds.class_names,
                                                    "warm_start": warm_start})
     log(f"[train-challenger] test accuracy {test['accuracy']:.4f} (from {start['accuracy']:.4f})")

@@ -15,9 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import runtime
-from .errors import ModelpressError
-from .fileio import local_path, replace_dir, write_json_atomic
+from modelpress.export import runtime
+from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import local_path, replace_dir, write_json_atomic
 
 CONFIG_FILE = "config.pbtxt"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

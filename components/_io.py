@@ -1,4 +1,4 @@
-"""Record a library result on KFP artifacts, by duck typing (this module imports no KFP).
+"""Record a library result on the step's KFP artifacts (by duck typing: no KFP import needed).
 
 A result is ``{"metadata": {...}, "metrics": {...}, "confusion_matrix": {...}}``:
 metadata goes onto the output artifact (readable by later steps and the Vertex UI),
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from numbers import Number
 
-from .fileio import write_json_atomic
+from modelpress.core.fileio import write_json_atomic
 
 
 def _plain(value):
@@ -41,21 +41,3 @@ def record(result: dict, *, artifact=None, metrics=None, classification=None) ->
     if classification is not None and cm:
         classification.log_confusion_matrix(cm["class_names"], cm["matrix"])
         write_json_atomic(classification.path, cm)
-
-
-def timed(fn):
-    """Add ``metrics["work_seconds"]``, the step's own work, to a library result.
-
-    The local summary subtracts it from the task's wall time to show orchestration overhead
-    (process start, imports, artifact hand-over).
-    """
-    import functools
-    import time
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
-        result.setdefault("metrics", {})["work_seconds"] = time.perf_counter() - t0
-        return result
-    return wrapper

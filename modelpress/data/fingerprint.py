@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 _CHUNK = 1 << 20
 

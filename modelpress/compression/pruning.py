@@ -18,12 +18,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from . import flops as flops_mod
-from . import models
-from .data import load_dataset
-from .errors import ModelpressError
-from .kfp_io import timed
-from .training import TrainSettings, evaluate, fit
+from modelpress.models import flops as flops_mod
+from modelpress import models
+from modelpress.data.dataset import load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.timing import timed
+from modelpress.evaluation.torch_scoring import evaluate
+from modelpress.training.loop import TrainSettings, fit
 
 METHODS = ("unstructured", "structured")
 

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flops as flops_mod
-from . import models
-from .data import Dataset, load_dataset
-from .errors import ModelpressError
-from .kfp_io import timed
+from modelpress.models import flops as flops_mod
+from modelpress import models
+from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.timing import timed
+from modelpress.evaluation.torch_scoring import evaluate
 
 OPTIMISERS = ("adamw", "adam", "sgd")
 # loss(logits, y, aux) -> scalar, where aux is the batch's rows of `fit(aux=...)` (or None);
@@ -71,37 +72,6 @@ def _batches(x, y, aux, batch_size: int, generator):
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         yield x[idx], y[idx], (aux[idx] if aux is not None else None)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device | str = "cpu",
-                   batch_size: int = 512) -> np.ndarray:
-    model.eval()
-    device = torch.device(device)
-    model.to(device)
-    out = []
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    for i in range(0, len(xt), batch_size):
-        out.append(model(xt[i:i + batch_size].to(device)).float().cpu())
-    return torch.cat(out).numpy()
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (y_true, y_pred), 1)
-    return m.tolist()
-
-
-def score_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    pred = logits.argmax(axis=1)
-    loss = float(F.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(y)).item())
-    return {"accuracy": float((pred == y).mean()), "loss": loss,
-            "confusion_matrix": confusion_matrix(y, pred, num_classes)}
-
-
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int,
-             device: torch.device | str = "cpu") -> dict:
-    return score_logits(predict_logits(model, x, device), y, num_classes)
 
 
 def make_optimiser(params, settings: TrainSettings, total_steps: int):

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .quantisation import cpu_flags, cpu_model
+from modelpress.core.hardware import cpu_flags, cpu_model
 
 Runner = Callable[[np.ndarray], object]
 
@@ -114,7 +114,7 @@ def machine(threads: int) -> dict:
 def write_results(json_path: str | os.PathLike, doc: dict, markdown: str) -> Path:
     """A benchmark's results: JSON at `json_path`, Markdown beside it (both atomic); prints
     the Markdown and returns its path."""
-    from .fileio import write_json_atomic, write_text_atomic
+    from modelpress.core.fileio import write_json_atomic, write_text_atomic
 
     md_path = Path(json_path).with_suffix(".md")
     write_json_atomic(json_path, doc)

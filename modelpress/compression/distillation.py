@@ -13,12 +13,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import flops as flops_mod
-from . import models
-from .data import load_dataset
-from .errors import ModelpressError
-from .kfp_io import timed
-from .training import TrainSettings, evaluate, fit, predict_logits
+from modelpress.models import flops as flops_mod
+from modelpress import models
+from modelpress.data.dataset import load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.timing import timed
+from modelpress.evaluation.torch_scoring import evaluate, predict_logits
+from modelpress.training.loop import TrainSettings, fit
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,40 +18,16 @@ from typing import Callable
 
 import numpy as np
 
-from . import runtime
-from .data import load_dataset
-from .errors import ModelpressError
-from .kfp_io import timed
-from .fileio import atomic_dir, local_path, write_json_atomic
-from .training import score_logits
+from modelpress.export import runtime
+from modelpress.data.dataset import load_dataset
+from modelpress.core.errors import ModelpressError
+from modelpress.core.timing import timed
+from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
+from modelpress.core.hardware import cpu_flags, cpu_model, has_vnni
+from modelpress.evaluation import score_logits
 
 METHODS = ("static-int8", "dynamic-int8", "fp16")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def has_vnni(flags: list[str] | None = None) -> bool:
-    flags = set(cpu_flags() if flags is None else flags)
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
 
 
 def _reader(x: np.ndarray, input_name: str):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelpressError
-from .fileio import local_path, read_json
+from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import local_path, read_json
 
 ONNX_FILE = "model.onnx"
 META_FILE = "meta.json"

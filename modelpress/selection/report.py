@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 
-from . import report_plots
-from .report_plots import pareto_front  # noqa: F401  (public here since before the split)
+from modelpress.selection import report_plots
+from modelpress.selection.report_plots import pareto_front  # noqa: F401  (public here since before the split)
 
 KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx")  # the ones that decide int8/bf16 kernels
 UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}  # selection.OBJECTIVES' units

@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flops as flops_mod
-from . import models, training
-from .errors import ModelpressError
+from modelpress.models import flops as flops_mod
+from modelpress import models
+from modelpress import training
+from modelpress.core.errors import ModelpressError
+from modelpress.evaluation import score_logits, torch_scoring
 
 STRATEGIES = ("ddp", "pipeline")
 SCHEDULES = ("gpipe", "1f1b")
@@ -394,7 +396,7 @@ def failure_message(exc) -> str:
     return (f"distributed training worker rank {rank} died (exit code {first.exitcode}, {first.message}) "
             "without recording an error: killed by the system (out of memory?), or it never started. "
             "Workers are spawned and re-import the calling script, so a script that calls "
-            "modelpress.distributed.train needs an `if __name__ == \"__main__\":` guard.")
+            "modelpress.training.distributed.train needs an `if __name__ == \"__main__\":` guard.")
 
 
 # ---------------------------------------------------------------------- the workers
@@ -535,7 +537,7 @@ def _sharded_validation(model: nn.Module, ds, me: _Rank) -> dict:
     import torch.distributed as dist
 
     x, y = ds.validation.x[me.rank::me.world], ds.validation.y[me.rank::me.world]
-    logits = torch.from_numpy(training.predict_logits(model, x, me.device))
+    logits = torch.from_numpy(torch_scoring.predict_logits(model, x, me.device))
     labels = torch.from_numpy(y)
     sums = torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item() if len(y) else 0.0,
                          float((logits.argmax(1) == labels).sum()), float(len(y))],
@@ -728,7 +730,7 @@ def _pipeline_validation(schedule, stage_module: nn.Module, ds, batch: int, firs
     stage_module.train()
     scores = [None]
     if last:
-        scored = training.score_logits(torch.cat(logits).numpy(), ds.validation.y, len(ds.class_names))
+        scored = score_logits(torch.cat(logits).numpy(), ds.validation.y, len(ds.class_names))
         scores = [{"loss": scored["loss"], "accuracy": scored["accuracy"]}]
     dist.broadcast_object_list(scores, src=me.world - 1)
     return scores[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ModelpressError
+from modelpress.core.errors import ModelpressError
 
 _PY_TYPES = {
     "String": (str,), "Integer": (int,), "Float": (float, int), "Boolean": (bool,),
@@ -79,8 +79,10 @@ def validate_values(values: dict) -> None:
     key and what it accepts, instead of a failure deep inside a running pipeline."""
     from dataclasses import fields
 
-    from . import models, quantisation, selection
-    from .training import TrainSettings
+    from modelpress import models
+    from modelpress.compression import quantisation
+    from modelpress.selection import decision
+    from modelpress.training.loop import TrainSettings
 
     names = {f.name for f in fields(TrainSettings)}
     TrainSettings(**{k: v for k, v in values.items() if k in names}).validate()
@@ -109,11 +111,11 @@ def validate_values(values: dict) -> None:
             raise ModelpressError(f"{key} must be a whole number >= 1, got {values[key]}")
     if values.get("window_seconds", 1) <= 0:
         raise ModelpressError(f"window_seconds must be > 0, got {values['window_seconds']}")
-    policy = {f.name: values[f.name] for f in fields(selection.Policy) if f.name in values}
+    policy = {f.name: values[f.name] for f in fields(decision.Policy) if f.name in values}
     if policy:
-        selection.Policy(**policy).validate()
+        decision.Policy(**policy).validate()
     if "model_name" in values:
-        from .repository import check_name
+        from modelpress.deploy.repository import check_name
 
         check_name(values["model_name"])
 

@@ -1,0 +1,162 @@
+"""Datasets: load a source, split it, write and read the dataset artifact.
+
+A source is one of
+  - ``digits``: scikit-learn's bundled 8x8 handwritten digits (optionally resized);
+  - a ``.csv`` file with numeric feature columns and a label column;
+  - a ``.npz`` file with arrays ``x`` (features) and ``y`` (labels);
+  - a directory of images, one sub-folder per class.
+Paths may be local or ``gs://`` (read through the /gcs/ mount on Vertex).
+
+The dataset artifact is a directory holding ``train.npz``, ``validation.npz`` and
+``test.npz`` (arrays ``x`` float32 raw features, exactly what a client would send, and
+``y`` int64 class indices) plus ``schema.json``. Every scorer reads the same ``test.npz``,
+so models are compared on the same examples. The training split's mean/std go into the
+schema, and from there into the model itself (``models.InputNormalised``), so exported and
+served models take raw features too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import atomic_dir, local_path, read_json, write_json_atomic
+from modelpress.data.sources import describe_input, load_source
+
+SPLITS = ("train", "validation", "test")
+SCHEMA_VERSION = 2  # 2: splits hold raw features; the model normalises
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class Dataset:
+    train: Split
+    validation: Split
+    test: Split
+    schema: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.schema["class_names"])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.schema["feature_shape"])
+
+
+# ------------------------------------------------------------------------------ splits
+
+def _class_order(labels: np.ndarray) -> list[str]:
+    uniq = sorted(set(labels.tolist()))
+    try:
+        return sorted(uniq, key=float)
+    except ValueError:
+        return uniq
+
+
+def split_indices(y: np.ndarray, *, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, np.ndarray]:
+    """Deterministic stratified train/validation/test indices."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+    val_share = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
+    return {"train": np.sort(train), "validation": np.sort(val), "test": np.sort(test)}
+
+
+def make_dataset(source: str, out_dir: str, *, label_column: str = "label", image_size: int = 0,
+                 val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Load `source`, split it and write the dataset artifact to `out_dir`. Returns the schema."""
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ModelpressError(f"{name} must be between 0 and 1 (exclusive), got {frac}")
+    if val_fraction + test_fraction >= 0.9:
+        raise ModelpressError(f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} "
+                              "leaves under 10% for training; lower them")
+    raw = load_source(source, label_column=label_column, image_size=image_size)
+    n = len(raw.labels)
+    if n == 0:
+        raise ModelpressError(f"dataset {source} is empty")
+    classes = _class_order(raw.labels)
+    if len(classes) < 2:
+        raise ModelpressError(f"dataset {source} has {len(classes)} class ({classes}); "
+                              "classification needs at least two")
+    counts = {c: int((raw.labels == c).sum()) for c in classes}
+    smallest = min(counts, key=counts.get)
+    need = 3  # one example per class in each split at the very least
+    if counts[smallest] < need:
+        raise ModelpressError(
+            f"class {smallest!r} has {counts[smallest]} example(s); stratified train/validation/"
+            f"test splits with these fractions need at least {need} per class. Add examples or "
+            "drop the class.")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([index[c] for c in raw.labels], dtype=np.int64)
+    try:
+        parts = split_indices(y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    except ValueError as exc:  # sklearn: a split too small to hold every class
+        raise ModelpressError(f"cannot make stratified splits of {n} examples in {len(classes)} "
+                              f"classes with val_fraction {val_fraction} and test_fraction "
+                              f"{test_fraction} ({exc}); raise the fractions or add examples") from None
+
+    # Normalisation statistics come from the training split only. The stored features stay
+    # raw: the statistics travel in the schema and the model applies them (models.py).
+    xtr = raw.x[parts["train"]]
+    axes, norm_kind = ((0, 2, 3), "per-channel") if raw.kind == "image" else ((0,), "per-feature")
+    mean = xtr.mean(axis=axes)
+    std = xtr.std(axis=axes)
+    std = np.where(std < 1e-6, 1.0, std).astype(np.float32)
+    x = raw.x.astype(np.float32)
+
+    schema = {
+        "format_version": SCHEMA_VERSION,
+        "task": "classification",
+        "input_kind": raw.kind,
+        "feature_shape": list(raw.x.shape[1:]),
+        "dtype": "float32",
+        "class_names": classes,
+        "num_classes": len(classes),
+        "class_counts": counts,
+        "normalisation": {"kind": norm_kind, "mean": mean.astype(float).tolist(),
+                          "std": std.astype(float).tolist(),
+                          "note": "applied inside the model: (raw - mean) / std; the splits hold raw features"},
+        "input": describe_input(raw),
+        "source": source,
+        "label_column": label_column if raw.kind == "tabular" and source.lower().endswith(".csv") else None,
+        "image_size": image_size or None,
+        "seed": seed,
+        "fractions": {"validation": val_fraction, "test": test_fraction},
+        "splits": {k: int(len(v)) for k, v in parts.items()},
+    }
+    with atomic_dir(out_dir) as tmp:
+        for name in SPLITS:
+            np.savez(tmp / f"{name}.npz", x=x[parts[name]], y=y[parts[name]])
+        write_json_atomic(tmp / "schema.json", schema)
+    return schema
+
+
+def load_dataset(path: str) -> Dataset:
+    root = local_path(path)
+    schema_path = root / "schema.json"
+    if not schema_path.exists():
+        raise ModelpressError(f"{path} is not a dataset artifact: schema.json is missing. "
+                              "Create one with the dataset step (modelpress.data.make_dataset).")
+    schema = read_json(schema_path)
+    if schema.get("format_version") != SCHEMA_VERSION:
+        raise ModelpressError(f"{path} is a dataset artifact of format {schema.get('format_version')}, "
+                              f"this modelpress reads format {SCHEMA_VERSION} (raw features; the model "
+                              "normalises). Make it again: rerun the pipeline with --no-cache.")
+    splits = {}
+    for name in SPLITS:
+        with np.load(root / f"{name}.npz", allow_pickle=False) as a:
+            splits[name] = Split(x=a["x"], y=a["y"])
+    return Dataset(train=splits["train"], validation=splits["validation"], test=splits["test"],
+                   schema=schema)
