@@ -7,7 +7,7 @@ The reference model is the compression benchmark's fp32 ONNX teacher (MobileNetV
 64x64 digits, ~1.1 ms per batch-1 call with one thread: inference, not HTTP, dominates); it is trained
 and exported first when build/bench-compression/teacher-onnx is missing. All three servers
 run at once as separate processes on 127.0.0.1 and are driven by the same load generator
-(`modelpress.serving.loadtest`, binary tensors), concurrency levels interleaved across the
+(`modelpress.loadtest`, binary tensors), concurrency levels interleaved across the
 servers so drift hits them alike. The load generator shares the machine's cores with the
 servers. Then a hot-reload run: N requests at concurrency 64 against the batching server
 while a new version is deployed into its repository.
@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from modelpress.selection import benchmarking
-from modelpress.deploy import repository
+from modelpress import loadtest  # noqa: E402
+from modelpress.deploy import repository  # noqa: E402
 from modelpress.export import runtime  # noqa: E402
-from modelpress.serving import loadtest  # noqa: E402
+from modelpress.selection import benchmarking  # noqa: E402
 
 MODEL = "ref"
 RESULTS = ROOT / "benchmarks" / "results"

@@ -1,15 +1,19 @@
-"""Record a library result on the step's KFP artifacts (by duck typing: no KFP import needed).
+"""What every component body shares: its settings built from its arguments, and recording a
+library result on the step's KFP artifacts (by duck typing: no KFP import needed).
 
-A result is ``{"metadata": {...}, "metrics": {...}, "confusion_matrix": {...}}``:
-metadata goes onto the output artifact (readable by later steps and the Vertex UI),
-numeric metrics are logged and also written as JSON to ``metrics.path`` (without a file
-there the local cache treats the task as a miss every time).
+A result is ``{"metadata": {...}, "metrics": {...}, "confusion_matrix": {...}}`` (a
+`modelpress.core.results.StepResult` as a dict): metadata goes onto the output artifact
+(readable by later steps and the Vertex UI), numeric metrics are logged and also written as
+JSON to ``metrics.path`` (without a file there the local cache treats the task as a miss
+every time).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from numbers import Number
+from typing import Mapping
 
 from modelpress.core.fileio import write_json_atomic
 
@@ -28,7 +32,33 @@ def _plain(value):
     return str(value)
 
 
-def record(result: dict, *, artifact=None, metrics=None, classification=None) -> None:
+def from_arguments(cls, arguments: Mapping, **overrides):
+    """A settings dataclass from a component's arguments: pass it `locals()`.
+
+    Components name their parameters after the settings' fields, so each field is taken by
+    name and the other arguments (artifacts, paths) are passed over; `overrides` sets the
+    fields a component names otherwise or fixes.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+    return cls(**{**{k: v for k, v in arguments.items() if k in names}, **overrides})
+
+
+def train_settings(arguments: Mapping, **overrides):
+    """`TrainSettings` from a component's arguments (`locals()`), as `from_arguments` takes them:
+    the one place the train, prune, distil, train-challenger and distributed-train steps build it.
+    Prune passes ``epochs=finetune_epochs``; fine-tuning and distillation fix ``patience=0``."""
+    from modelpress.training import TrainSettings  # here, not at the top: steps that do not train skip torch
+
+    return from_arguments(TrainSettings, arguments, **overrides)
+
+
+def record(result, *, artifact=None, metrics=None, classification=None) -> None:
+    """Put a result (a dict, or anything with ``as_dict()``) on the step's output artifacts."""
+    if hasattr(result, "as_dict"):
+        result = result.as_dict()
     if artifact is not None:
         artifact.metadata.update(_plain(result.get("metadata", {})))
     if metrics is not None:

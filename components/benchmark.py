@@ -26,37 +26,41 @@ def benchmark(
     window_seconds: float = 0.5,
     max_windows: int = 10,
 ):
-    """Score and time every variant (and the deployed champion) on the same test split."""
-    from modelpress.selection import comparison
-    from components._io import record
-    from modelpress.selection import report as report_mod
-    from modelpress.deploy import repository as repo
+    """Score and time every variant, and the deployed champion, side by side on the same test split.
 
-    variants = [
-        {"name": "torch eager fp32", "path": torch_model.path, "kind": "torch", "role": "baseline"},
-        {"name": "onnx fp32", "path": onnx_model.path, "kind": "onnx", "role": "baseline-onnx"},
-        {"name": "pruned fp32", "path": pruned_onnx.path, "kind": "onnx", "role": "candidate"},
-        {"name": "student fp32", "path": student_onnx.path, "kind": "onnx", "role": "candidate"},
-    ]
-    for prefix, group in (("", quantised), ("pruned ", quantised_pruned), ("student ", quantised_student)):
-        for art in group:
-            method = art.metadata.get("quantisation", {}).get("method", "quantised")
-            variants.append({"name": f"{prefix}{method}".strip(), "path": art.path, "kind": "onnx",
-                             "role": "candidate", "metadata": art.metadata})
-    champion = repo.latest(repository, model_name) if repository else None
-    if champion is not None:
-        variants.append({"name": f"champion v{champion.name}", "path": str(champion), "kind": "onnx",
-                         "role": "champion"})
-    result = comparison.benchmark(variants, dataset.path, results.path, threads=threads,
-                                  throughput_batch=throughput_batch, window_seconds=window_seconds,
-                                  max_windows=max_windows)
-    with open(report.path, "w") as f:
-        f.write(report_mod.render_html(result, title="modelpress benchmark"))
-    figures = {"work_seconds": result["work_seconds"], "variants": len(result["variants"])}
-    for row in result["variants"]:
-        if row.get("latency_ms"):
-            key = row["name"].replace(" ", "_").replace("-", "_")
-            figures[f"{key}_p50_ms"] = row["latency_ms"]["p50"]
-            figures[f"{key}_accuracy"] = row["accuracy"]
-    record({"metadata": {"variants": [r["name"] for r in result["variants"]]}, "metrics": figures},
-                  artifact=results, metrics=metrics)
+    Args:
+        dataset: The dataset artifact whose test split every variant is scored and timed on.
+        torch_model: The trained torch model: the fp32 baseline that sets the accuracy bar.
+        onnx_model: Its fp32 ONNX export: the baseline of the ONNX-side ratios.
+        pruned_onnx: The pruned model's fp32 ONNX export.
+        student_onnx: The distilled student's fp32 ONNX export.
+        quantised: The quantised ONNX exports of the trained model, one per method.
+        quantised_pruned: The quantised ONNX exports of the pruned model.
+        quantised_student: The quantised ONNX exports of the student.
+        repository: The model repository of the deployed champion ("": no champion is measured).
+        model_name: The deployed model's name in `repository`.
+        threads: CPU threads for every runtime.
+        throughput_batch: The batch size of the throughput measurement.
+        window_seconds: The length of one batch-1 latency measurement window.
+        max_windows: The most windows per variant while waiting for three consecutive ones to agree.
+
+    Returns:
+        results: Every figure as JSON (accuracy, latency percentiles and stability, throughput, size, the
+            machine); the select step reads it. Its metadata lists the variants.
+        metrics: Work seconds, the number of variants, and each variant's p50 latency and accuracy.
+        report: The HTML report: the variants' table and plots.
+    """
+    from components._io import record
+    from modelpress.selection import comparison
+
+    def pairs(group):  # the library takes (path, metadata) pairs, not KFP artifacts
+        return [(art.path, art.metadata) for art in group]
+
+    variants = comparison.optimisation_variants(torch_model.path, onnx_model.path, pruned_onnx.path,
+                                                student_onnx.path, pairs(quantised), pairs(quantised_pruned),
+                                                pairs(quantised_student))
+    record(comparison.benchmark_optimisation(variants, dataset.path, results.path, report.path,
+                                             champion_repository=repository, model_name=model_name,
+                                             threads=threads, throughput_batch=throughput_batch,
+                                             window_seconds=window_seconds, max_windows=max_windows),
+           artifact=results, metrics=metrics)

@@ -18,7 +18,6 @@ def make_dataset(
     """Load a source (digits, .csv, .npz, image folder) and write stratified splits.
 
     Args:
-        dataset: The dataset artifact: train/validation/test splits of raw features + schema.json.
         source: digits, a .csv or .npz file, a folder of class sub-folders; local or gs://.
         label_column: The CSV column holding the class labels.
         image_size: Resize images to this square size (0: keep their size).
@@ -27,15 +26,15 @@ def make_dataset(
         seed: Seed of the stratified split.
         source_fingerprint: The content fingerprint of `source` (run_local.py and submit.py fill
             it in): part of this step's cache key, so changed data reruns the step.
+
+    Returns:
+        dataset: The dataset artifact: train/validation/test splits of raw features + schema.json.
     """
     from modelpress import data
-    from modelpress.data.fingerprint import fingerprint
+    from modelpress.data import fingerprint
 
-    computed = fingerprint(source)
-    note = "" if computed == source_fingerprint else (
-        f" (the pipeline was given {source_fingerprint!r}: the data changed since submission)"
-        if source_fingerprint else " (no fingerprint was passed: this step's cache key ignores the content)")
-    print(f"[make-dataset] source {source}, content fingerprint {computed}{note}", flush=True)
+    computed, line = fingerprint.check(source, source_fingerprint)
+    print(line, flush=True)
     schema = data.make_dataset(source, dataset.path, label_column=label_column, image_size=image_size,
                                val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     dataset.metadata.update({k: schema[k] for k in ("source", "task", "feature_shape", "num_classes",

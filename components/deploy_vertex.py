@@ -23,26 +23,39 @@ def deploy_vertex(
     accelerator_count: int = 0,
     labels: dict = {},
 ) -> str:
-    """Upload the model to the Vertex Model Registry (champion) and deploy it to the endpoint.
+    """Upload the model to the Vertex AI Model Registry as the champion and deploy it to the endpoint.
 
-    `served` holds the one-model Triton-layout repository that Vertex serves (its gs:// URI is
-    the upload's artifact_uri). `repository`, when given, gets the same version recorded after
-    the deploy succeeded: later runs read the champion there. Returns the model version.
+    Args:
+        model: The chosen ONNX model (model.onnx + meta.json); its metadata names the variant.
+        project: The Google Cloud project.
+        location: The Vertex AI region, e.g. europe-west4.
+        serve_image: The serving container image, pinned by an immutable tag or @sha256 digest.
+        model_display_name: The Model Registry name; a model of that name gets a new version (aliased
+            champion), else a new model is made.
+        endpoint_display_name: The endpoint's name; it is created when none has it.
+        repository: A model repository that records the version once the deploy succeeded, where later
+            runs read the champion ("": none).
+        model_name: The model's name in `repository`.
+        machine_type: The serving machine type.
+        min_replica_count: The fewest serving replicas.
+        max_replica_count: The most serving replicas.
+        canary_traffic_percent: The new version's share of the endpoint's traffic (100: no canary); the
+            model deployed before keeps the rest, older ones are undeployed.
+        accelerator_type: The serving GPU, e.g. NVIDIA_TESLA_T4 ("": CPU serving).
+        accelerator_count: GPUs per replica.
+        labels: Labels on the uploaded model and a new endpoint.
+
+    Returns:
+        served: The one-model Triton-layout repository Vertex serves (its gs:// URI is the upload's
+            artifact_uri); its metadata holds the model version, the endpoint and the traffic split.
+        Output: The deployed model version, projects/.../models/ID@VERSION.
     """
-    from modelpress.deploy import repository as repo
+    from components._io import from_arguments
     from modelpress.deploy import vertex
 
-    serving = vertex.Serving(serve_image=serve_image, model_display_name=model_display_name,
-                             endpoint_display_name=endpoint_display_name, machine_type=machine_type,
-                             min_replica_count=min_replica_count, max_replica_count=max_replica_count,
-                             canary_traffic_percent=canary_traffic_percent, accelerator_type=accelerator_type,
-                             accelerator_count=accelerator_count).validate()
-    meta = {"variant": model.metadata.get("variant")}
-    repo.deploy(model.path, served.path, model_name, extra_meta=meta)
-    result = vertex.deploy(served.uri, serving, project=project, location=location, labels=labels,
-                           description=f"modelpress {model_name}: {model.metadata.get('variant') or 'model'}")
-    if repository:
-        version = repo.deploy(model.path, repository, model_name, extra_meta={**meta, **result})
-        print(f"[deploy-vertex] champion recorded as {repository}/{model_name}/{version}")
+    serving = from_arguments(vertex.Serving, locals()).validate()
+    result = vertex.publish(model.path, served.path, served.uri, serving, project=project, location=location,
+                            model_name=model_name, repository=repository, labels=labels,
+                            variant=model.metadata.get("variant"))
     served.metadata.update({"resourceName": result["model_version"], **result})
     return result["model_version"]

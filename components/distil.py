@@ -19,13 +19,29 @@ def distil(
     learning_rate: float = 2e-3,
     seed: int = 0,
 ):
-    """Knowledge distillation: the student learns the teacher's soft targets (Hinton loss)."""
-    from modelpress.compression import distillation
-    from components._io import record
-    from modelpress import training
+    """Knowledge distillation: a small student learns the teacher's soft targets (Hinton loss).
 
-    settings = training.TrainSettings(epochs=epochs, learning_rate=learning_rate, seed=seed, patience=0)
+    Args:
+        teacher: The trained torch model to learn from.
+        dataset: The teacher's dataset artifact; the student trains on its train split and both are
+            scored on its test split.
+        student_architecture: The student's registry architecture: mlp, cnn or mobilenet_v2.
+        student_args: The student architecture's arguments, e.g. {"channels": [8, 16]}.
+        temperature: The softmax temperature of the soft targets (> 0).
+        alpha: The soft-target share of the loss, in [0, 1]; the rest is cross-entropy on the labels.
+        epochs: Training epochs (no early stopping).
+        learning_rate: The peak learning rate of the one-cycle schedule.
+        seed: Seed of the student's initial weights and the batch order.
+
+    Returns:
+        student: The student torch model; its metadata is the model card with the teacher's accuracy.
+        metrics: Student and teacher accuracy and params, their ratios, epochs run.
+        classification: The student's confusion matrix on the test split.
+    """
+    from components._io import record, train_settings
+    from modelpress.compression import distillation
+
     result = distillation.distil(teacher.path, dataset.path, student.path,
                                  student_architecture=student_architecture, student_args=student_args,
-                                 temperature=temperature, alpha=alpha, settings=settings)
+                                 temperature=temperature, alpha=alpha, settings=train_settings(locals(), patience=0))
     record(result, artifact=student, metrics=metrics, classification=classification)

@@ -30,24 +30,45 @@ def distributed_train(
     microbatches: int = 4,
     schedule: str = "gpipe",
 ):
-    """Train like `train`, across processes and machines: DDP or pipeline parallelism.
+    """Train like `train`, across processes and machines: data parallel (DDP) or pipeline parallel.
 
-    parallelism: "ddp" (data parallel) or "pipeline" (model split into stages).
-    nproc_per_node: 0 = one per GPU, else one per CPU core. batch_size is the global batch.
-    CLUSTER_SPEC (set by Vertex on every replica) overrides nnodes/node_rank/master_addr.
-    backend: "auto" = nccl with CUDA, else gloo. microbatches/schedule ("gpipe" | "1f1b"):
-    pipeline parallelism only. Only the global rank 0 writes the model and metrics.
+    Only the process with global rank 0 writes the model and the metrics. On Vertex AI every replica
+    runs this step; CLUSTER_SPEC (set by Vertex) overrides nnodes, node_rank and master_addr.
+
+    Args:
+        dataset: The dataset artifact; trained on its train split, scored on its test split.
+        architecture: The registry architecture: mlp, cnn or mobilenet_v2.
+        model_args: The architecture's arguments, e.g. {"channels": [8, 16]} (cnn).
+        epochs: The most epochs to train.
+        batch_size: The global batch: examples per optimiser step over all processes.
+        learning_rate: The peak learning rate of the one-cycle schedule.
+        optimizer: adamw, adam or sgd (Nesterov momentum 0.9).
+        weight_decay: The optimiser's weight decay.
+        seed: Seed of the initial weights and the batch order.
+        patience: Epochs without validation-loss improvement before stopping early; 0 never stops early.
+        device: auto (CUDA GPUs when torch sees them, else the CPU), cpu or cuda[:N].
+        parallelism: ddp (every process holds the model, each trains on its share of the batch) or
+            pipeline (the model cut into stages, one per process).
+        nproc_per_node: Processes on each machine; 0: one per GPU, else one per CPU core.
+        nnodes: The number of machines.
+        node_rank: This machine's index, 0 to nnodes - 1 (0 is the master).
+        master_addr: The master machine's host name or IP address.
+        master_port: The master's rendezvous port.
+        backend: The collective backend: auto (nccl with CUDA, else gloo), gloo or nccl.
+        microbatches: Pipeline only: microbatches each batch is split into.
+        schedule: Pipeline only: gpipe or 1f1b.
+
+    Returns:
+        model: The trained torch model; its metadata is the model card with the parallelism and world
+            size (and the pipeline schedule).
+        metrics: Test accuracy and loss, losses, epochs run, samples/s and training compute, as `train`.
+        classification: The confusion matrix on the test split.
     """
+    from components._io import from_arguments, record, train_settings
     from modelpress.training import distributed
-    from components._io import record
-    from modelpress import training
 
-    settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                      optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-                                      patience=patience, device=device)
-    layout = distributed.Layout(parallelism=parallelism, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                                node_rank=node_rank, master_addr=master_addr, master_port=master_port,
-                                backend=backend, microbatches=microbatches, schedule=schedule)
+    settings = train_settings(locals())
+    layout = from_arguments(distributed.Layout, locals())
     result = distributed.train(dataset.path, model.path, architecture=architecture,
                                model_args=model_args, settings=settings, layout=layout)
     if result is None:

@@ -14,10 +14,23 @@ def export_onnx(
     rtol: float = 1e-3,
     atol: float = 1e-4,
 ):
-    """Export to ONNX (dynamic batch), check it, verify it against torch on test inputs."""
-    from modelpress.export import onnx_export
-    from components._io import record
+    """Export a torch model to ONNX (dynamic batch), check it, and verify it against torch on test inputs.
 
-    result = onnx_export.export_onnx(model.path, dataset.path, onnx_model.path, opset=opset,
-                                rtol=rtol, atol=atol)
-    record(result, artifact=onnx_model, metrics=metrics)
+    Args:
+        model: The torch model to export.
+        dataset: The dataset artifact; its test split verifies the export and scores it.
+        opset: The ONNX opset to export to.
+        rtol: Relative tolerance of the logits against torch's.
+        atol: Absolute tolerance of the logits against torch's; any logit beyond atol + rtol * |torch|
+            fails the step.
+
+    Returns:
+        onnx_model: The ONNX model (model.onnx with embedded weights + meta.json); its metadata is the
+            model card with the opset, the input a client sends, the size and the torch model it came from.
+        metrics: ONNX Runtime test accuracy, the largest differences from torch, size, opset.
+    """
+    from components._io import record
+    from modelpress.export import onnx_export
+
+    record(onnx_export.export_onnx(model.path, dataset.path, onnx_model.path, opset=opset, rtol=rtol, atol=atol),
+           artifact=onnx_model, metrics=metrics)

@@ -17,16 +17,28 @@ def prune(
     learning_rate: float = 1e-3,
     seed: int = 0,
 ):
-    """Structured (channels removed) or unstructured (global L1) pruning, then fine-tuning.
+    """Prune a torch model, structured (channels removed) or unstructured (global L1), and fine-tune it.
 
-    amount: channel ratio for structured, target weight sparsity for unstructured.
+    Args:
+        model: The torch model to prune.
+        dataset: The dataset artifact; fine-tuned on its train split, scored on its test split.
+        method: structured (channels removed: smaller and faster) or unstructured (weights zeroed:
+            smaller when compressed only).
+        amount: The share of channels to remove (structured) or the target weight sparsity
+            (unstructured), in [0, 1).
+        steps: Unstructured only: pruning rounds on a cubic schedule, each followed by fine-tuning.
+        finetune_epochs: Fine-tuning epochs (after each round, for unstructured).
+        learning_rate: The peak learning rate of fine-tuning.
+        seed: Seed of the fine-tuning batch order.
+
+    Returns:
+        pruned: The pruned torch model (new layer widths in spec.json when structured); its metadata is
+            the model card with sparsity, pruning method and amount.
+        metrics: Params, MACs and accuracy before and after, weight sparsity and non-zero weights.
     """
-    from components._io import record
+    from components._io import record, train_settings
     from modelpress.compression import pruning
-    from modelpress import training
 
-    settings = training.TrainSettings(epochs=finetune_epochs, learning_rate=learning_rate, seed=seed,
-                                      patience=0)
-    result = pruning.prune(model.path, dataset.path, pruned.path, method=method, amount=amount,
-                           steps=steps, settings=settings)
-    record(result, artifact=pruned, metrics=metrics)
+    settings = train_settings(locals(), epochs=finetune_epochs, patience=0)
+    record(pruning.prune(model.path, dataset.path, pruned.path, method=method, amount=amount, steps=steps,
+                         settings=settings), artifact=pruned, metrics=metrics)

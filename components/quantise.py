@@ -16,9 +16,21 @@ def quantise(
     per_channel: bool = True,
     reduce_range: str = "auto",
 ):
-    """ONNX Runtime quantisation: static-int8 (QDQ, calibrated), dynamic-int8 or fp16.
+    """Post-training quantisation with ONNX Runtime: static-int8 (QDQ, calibrated), dynamic-int8 or fp16.
 
-    reduce_range: "auto" (on for x86 CPUs without VNNI), "true" or "false".
+    Args:
+        onnx_model: The fp32 ONNX model to quantise.
+        dataset: The dataset artifact; its train split calibrates static-int8, its test split scores.
+        method: static-int8, dynamic-int8 or fp16 (fp16 is meant for GPUs).
+        calibration_samples: Static-int8: training examples to calibrate on (100-500 is typical).
+        calibration_method: Static-int8: MinMax, Entropy or Percentile.
+        per_channel: Quantise weights per output channel rather than per tensor.
+        reduce_range: auto (on for x86 CPUs without VNNI, where the U8S8 path can saturate), true or false.
+
+    Returns:
+        quantised: The quantised ONNX model (model.onnx + meta.json); its metadata is the model card with
+            the quantisation settings, sizes and the CPU's flags.
+        metrics: Size, size ratio to the fp32 model, test accuracy and its change.
     """
     from components._io import record
     from modelpress.compression import quantisation

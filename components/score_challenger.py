@@ -17,16 +17,28 @@ def score_challenger(
     window_seconds: float = 0.2,
     max_windows: int = 5,
 ):
-    """Score the challenger and the champion (latest version in `repository`) on the same test split."""
+    """Score the challenger and the deployed champion side by side on the same test split.
+
+    Args:
+        dataset: The dataset artifact whose test split both models are scored and timed on.
+        torch_model: The challenger torch model: the baseline that sets the accuracy bar.
+        onnx_model: The challenger's ONNX export: the candidate to deploy.
+        repository: The model repository of the deployed champion (its latest version is measured;
+            none deployed: the accuracy floor alone decides).
+        model_name: The deployed model's name in `repository`.
+        threads: CPU threads for every runtime.
+        window_seconds: The length of one batch-1 latency measurement window.
+        max_windows: The most windows per variant while waiting for three consecutive ones to agree.
+
+    Returns:
+        results: Every figure as JSON, the champion's row included; the select step reads it. Its
+            metadata lists the variants.
+        metrics: Work seconds, the challenger's accuracy and the champion's (when one is deployed).
+    """
     from components._io import record
     from modelpress.selection import retraining
 
     result = retraining.score(dataset.path, torch_model.path, onnx_model.path, results.path,
                               champion_repository=repository, model_name=model_name, threads=threads,
                               window_seconds=window_seconds, max_windows=max_windows)
-    rows = {r["role"]: r for r in result["variants"]}
-    figures = {"work_seconds": result["work_seconds"], "challenger_accuracy": rows["candidate"]["accuracy"]}
-    if "champion" in rows:
-        figures["champion_accuracy"] = rows["champion"]["accuracy"]
-    record({"metadata": {"variants": [r["name"] for r in result["variants"]]}, "metrics": figures},
-                  artifact=results, metrics=metrics)
+    record(retraining.summary(result), artifact=results, metrics=metrics)

@@ -18,17 +18,33 @@ def select(
     objective: str = "p50",
     accuracy_floor: float = 0.9,
 ) -> bool:
-    """Pick the fastest variant within the accuracy tolerance; return whether it is blessed.
+    """Pick the best variant within the accuracy tolerance and budgets; bless it against the champion.
 
-    The choice and the reasons are on the `chosen` artifact's metadata (variant, reason).
-    A single return value keeps `dsl.If(select.output == True)` resolvable by kfp.local.
+    Args:
+        results: The benchmark's results JSON (every variant's figures, the champion's row included).
+        tolerance: The accuracy a variant may lose against the torch fp32 baseline (and, for the
+            blessing, against the champion).
+        tolerance_mode: absolute (accuracy points / 100) or relative (a share of the reference accuracy).
+        p95_budget_ms: The most p95 batch-1 latency a variant may have, in ms (0: no budget).
+        size_budget_bytes: The most bytes a variant's model file may take (0: no budget).
+        objective: What the chosen variant is best at: p50, p95, size or throughput. Variants within
+            the measured noise of the best are a tie, won by the smaller, then the more accurate.
+        accuracy_floor: The least test accuracy a blessed model has, champion or not.
+
+    Returns:
+        chosen: A copy of the chosen model with decision.json; its metadata names the variant, the
+            reason, the blessing and the champion, with the chosen model's accuracy, size and cost.
+        metrics: The chosen variant's accuracy, latency and size, its speed-up and size ratios against
+            the torch and ONNX fp32 baselines, and whether it is blessed (1.0 or 0.0).
+        report: The HTML report: every variant, the constraint table and the reasons.
+        table: The decision and the variants' table in Markdown.
+        Output: Whether the chosen variant is blessed: the pipeline deploys it only then.
     """
-    from components._io import record
+    from components._io import from_arguments, record
     from modelpress.selection import decision
 
-    policy = decision.Policy(tolerance=tolerance, tolerance_mode=tolerance_mode, p95_budget_ms=p95_budget_ms,
-                              size_budget_bytes=size_budget_bytes, objective=objective,
-                              accuracy_floor=accuracy_floor)
+    policy = from_arguments(decision.Policy, locals())
     out = decision.write_decision(results.path, policy, chosen.path, report.path, table.path)
     record(out, artifact=chosen, metrics=metrics)
+    # one plain return value (not a NamedTuple) keeps `dsl.If(select.output == True)` resolvable by kfp.local
     return out["blessed"]

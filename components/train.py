@@ -21,13 +21,32 @@ def train(
     patience: int = 5,
     device: str = "auto",
 ):
-    """Train a registry model; log test accuracy, losses, throughput and compute."""
-    from components._io import record
+    """Train a registry model on the dataset, keeping the weights with the best validation loss.
+
+    Args:
+        dataset: The dataset artifact; trained on its train split, scored on its test split.
+        architecture: The registry architecture: mlp, cnn or mobilenet_v2.
+        model_args: The architecture's arguments, e.g. {"hidden": [64]} (mlp), {"channels": [8, 16]} (cnn),
+            {"width_mult": 0.35} (mobilenet_v2).
+        epochs: The most epochs to train.
+        batch_size: Examples per optimiser step.
+        learning_rate: The peak learning rate of the one-cycle schedule.
+        optimizer: adamw, adam or sgd (Nesterov momentum 0.9).
+        weight_decay: The optimiser's weight decay.
+        seed: Seed of the initial weights and the batch order.
+        patience: Epochs without validation-loss improvement before stopping early; 0 never stops early.
+        device: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda[:N].
+
+    Returns:
+        model: The trained torch model (weights.safetensors + spec.json); its metadata is the model
+            card: architecture, params, MACs, FLOPs, test accuracy, precision, class names, input shape.
+        metrics: Test accuracy and loss, training and validation losses, epochs run, samples/s and
+            training compute (FLOPs, PF-days, achieved FLOP/s).
+        classification: The confusion matrix on the test split.
+    """
+    from components._io import record, train_settings
     from modelpress import training
 
-    settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                      optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-                                      patience=patience, device=device)
-    result = training.train(dataset.path, model.path, architecture=architecture,
-                            model_args=model_args, settings=settings)
+    result = training.train(dataset.path, model.path, architecture=architecture, model_args=model_args,
+                            settings=train_settings(locals()))
     record(result, artifact=model, metrics=metrics, classification=classification)

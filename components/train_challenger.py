@@ -24,16 +24,36 @@ def train_challenger(
     patience: int = 5,
     device: str = "auto",
 ):
-    """Train a challenger like `train`. warm_start: a torch model dir or gs:// URI, or "champion" (the
-    weights the latest version of `model_name` in `repository` was exported from); "" = from scratch."""
-    from components._io import record
-    from modelpress.selection import retraining
-    from modelpress import training
+    """Train a challenger to the deployed champion, from scratch or warm-started from given weights.
 
-    settings = training.TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                      optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-                                      patience=patience, device=device)
+    Args:
+        dataset: The (new) dataset artifact; trained on its train split, scored on its test split.
+        warm_start: A torch model folder or gs:// URI to start from; "champion": the weights the latest
+            version of `model_name` in `repository` was exported from; "": train from scratch. A warm
+            start keeps that model's architecture.
+        repository: The model repository the champion is deployed to (for warm_start "champion").
+        model_name: The deployed model's name in `repository`.
+        architecture: From scratch only: the registry architecture (mlp, cnn or mobilenet_v2).
+        model_args: From scratch only: the architecture's arguments, e.g. {"channels": [8, 16]}.
+        epochs: The most epochs to train.
+        batch_size: Examples per optimiser step.
+        learning_rate: The peak learning rate of the one-cycle schedule.
+        optimizer: adamw, adam or sgd (Nesterov momentum 0.9).
+        weight_decay: The optimiser's weight decay.
+        seed: Seed of the initial weights (from scratch) and the batch order.
+        patience: Epochs without validation-loss improvement before stopping early; 0 never stops early.
+        device: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda[:N].
+
+    Returns:
+        model: The challenger torch model; its metadata is the model card (and `warm_start`, when used).
+        metrics: Test accuracy and loss, the accuracy before training (warm start), losses, epochs run.
+        classification: The confusion matrix on the test split.
+    """
+    from components._io import record, train_settings
+    from modelpress.selection import retraining
+
     result = retraining.train_challenger(dataset.path, model.path, warm_start=warm_start,
-                                         architecture=architecture, model_args=model_args, settings=settings,
-                                         champion_repository=repository, model_name=model_name)
+                                         architecture=architecture, model_args=model_args,
+                                         settings=train_settings(locals()), champion_repository=repository,
+                                         model_name=model_name)
     record(result, artifact=model, metrics=metrics, classification=classification)

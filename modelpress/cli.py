@@ -11,10 +11,11 @@ from modelpress.core.errors import ModelpressError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    from modelpress.loadtest import cli as loadtest_cli
     from modelpress.serving import cli as serving_cli
 
     serving_cli.add_serve(commands)
-    serving_cli.add_loadtest(commands)
+    loadtest_cli.add_loadtest(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

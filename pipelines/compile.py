@@ -17,7 +17,7 @@ if __package__ in (None, ""):
 
 from modelpress.core.errors import ModelpressError
 from pipelines import settings
-from pipelines.registry import PIPELINES
+from pipelines.registry import PIPELINES, build
 from pipelines.targets import TARGETS, Target
 
 
@@ -28,7 +28,7 @@ def compile_pipeline(name: str, target: Target, output_dir: Path) -> Path:
     out = output_dir / target.name / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.yaml")
-    compiler.Compiler().compile(PIPELINES[name](target), str(tmp))
+    compiler.Compiler().compile(build(name, target), str(tmp))
     tmp.replace(out)
     return out
 

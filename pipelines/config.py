@@ -1,19 +1,22 @@
-"""YAML configuration: loading, `--set key=value` overrides and validation.
+"""YAML configuration: loading, key checks, `--set key=value` overrides and parameter validation.
 
 Pipelines expose their parameters as a signature ``{name: (type_name, default)}`` with KFP's
 type names (String, Integer, Float, Boolean, Dict, List); this module checks a config
-against it without importing KFP.
+against it without importing KFP. The library owns the rules (TrainSettings, Policy, the
+architectures); this module only knows which parameter each rule reads.
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import yaml
 
 from modelpress.core.errors import ModelpressError
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: configs/, build/, git
 _PY_TYPES = {
     "String": (str,), "Integer": (int,), "Float": (float, int), "Boolean": (bool,),
     "Dict": (dict,), "List": (list,),
@@ -42,6 +45,22 @@ def check_keys(data: dict, allowed: set[str] | list[str], where: str) -> None:
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ModelpressError(f"unknown key(s) in {where}: {', '.join(hints)}. "
                               f"Valid keys: {', '.join(sorted(allowed))}")
+
+
+def block(cls, data, where: str):
+    """A settings dataclass from a config mapping: known keys, typed values, then its own checks."""
+    if not isinstance(data, dict):
+        raise ModelpressError(f"{where} must be a mapping of settings, not {type(data).__name__}")
+    specs = {f.name: f for f in fields(cls)}
+    check_keys(data, list(specs), where)
+    missing = [n for n, f in specs.items() if f.default is MISSING and n not in data]
+    if missing:
+        raise ModelpressError(f"{where} lacks {', '.join(missing)}")
+    for name, value in data.items():
+        expected = type(specs[name].default) if specs[name].default is not MISSING else str
+        if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
+            raise ModelpressError(f"{where}.{name} must be {expected.__name__}, got {value!r}")
+    return cls(**data).validate(where)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -77,8 +96,6 @@ def check_parameters(values: dict, signature: dict[str, tuple[str, object]], pip
 def validate_values(values: dict) -> None:
     """Check every parameter the library knows before any step starts: one line naming the
     key and what it accepts, instead of a failure deep inside a running pipeline."""
-    from dataclasses import fields
-
     from modelpress import models
     from modelpress.compression import quantisation
     from modelpress.selection import decision

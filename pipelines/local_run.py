@@ -219,6 +219,7 @@ def _highlights(tasks: list[dict]) -> dict:
 
 def _latencies(tasks: list[dict], chosen: str | None) -> dict:
     """p50 (ms) and its instability for the chosen variant and the two baselines, from the results."""
+    from modelpress.core.results import Role
     from modelpress.selection.decision import instability
 
     bench = next((t for t in tasks if t["task"] in ("benchmark", "score-challenger")), None)
@@ -228,8 +229,8 @@ def _latencies(tasks: list[dict], chosen: str | None) -> dict:
     except (OSError, ValueError, KeyError):
         return {}
     picked = {"chosen": next((r for r in rows if r["name"] == chosen), None),
-              "torch": next((r for r in rows if r["role"] == "baseline"), None),
-              "onnx_fp32": next((r for r in rows if r["role"] == "baseline-onnx"), None)}
+              "torch": next((r for r in rows if r["role"] == Role.BASELINE), None),
+              "onnx_fp32": next((r for r in rows if r["role"] == Role.BASELINE_ONNX), None)}
     return {k: {"name": r["name"], "p50_ms": r["latency_ms"]["p50"], "unstable": instability(r)}
             for k, r in picked.items() if r and r.get("latency_ms")}
 

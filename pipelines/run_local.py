@@ -23,7 +23,7 @@ if __package__ in (None, ""):
 from pipelines.config import parse_overrides
 from modelpress.core.errors import ModelpressError
 from pipelines import local_run, settings
-from pipelines.registry import PIPELINES
+from pipelines.registry import PIPELINES, build
 
 RUNNERS = ("subprocess", "docker")
 OUTPUT_FOLDER_PARAMETERS = {"repository"}  # written by tasks: created so they can be mounted
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     except ModelpressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pipeline = PIPELINES[args.pipeline](target)
+    pipeline = build(args.pipeline, target)  # the one pipeline_parameters read the signature of
     summary = local_run.run(pipeline, args.pipeline, params, str(pipeline_root),
                             cache=not args.no_cache, verbose=args.verbose, runner=runner)
     print(local_run.format_summary(summary))

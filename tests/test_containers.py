@@ -322,3 +322,11 @@ def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_the_modules_each_image_imports_at_build_time_exist():
+    # a RUN python -c "import modelpress.x" that names a moved module would fail only at `make images`
+    for dockerfile in sorted((ROOT / "containers").glob("*/Dockerfile")):
+        names = re.findall(r"\bmodelpress(?:\.\w+)+", dockerfile.read_text())
+        for name in names:
+            assert importlib.util.find_spec(name) is not None, f"{dockerfile}: {name} does not exist"

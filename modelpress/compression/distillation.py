@@ -17,6 +17,7 @@ from modelpress.models import flops as flops_mod
 from modelpress import models
 from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
+from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.evaluation.torch_scoring import evaluate, predict_logits
 from modelpress.training.loop import TrainSettings, fit
@@ -72,19 +73,18 @@ def distil(teacher_dir: str, dataset_dir: str, out_dir: str, *, student_architec
     test = evaluate(student, ds.test.x, ds.test.y, n)
     seconds = time.perf_counter() - t0
     params, tparams = models.count_params(student), models.count_params(teacher)
-    macs = flops_mod.forward_flops(student, ds.feature_shape) // 2
+    fwd = flops_mod.forward_flops(student, ds.feature_shape)
     models.save_model(student, spec, out_dir, extra={
         "distillation": {"teacher": teacher_spec["architecture"], "temperature": temperature,
                          "alpha": alpha, "train_settings": asdict(settings)},
         "class_names": ds.class_names})
     log(f"[distil] student test accuracy {test['accuracy']:.4f} vs teacher {teacher_test:.4f} "
         f"({test['accuracy'] / teacher_test:.1%} of it) with {params / tparams:.1%} of its params")
-    metadata = {"framework": "pytorch", "architecture": student_architecture, "params": params,
-                "macs": macs, "flops": macs * 2, "accuracy": test["accuracy"], "precision": "fp32",
-                "teacher_accuracy": teacher_test, "class_names": ds.class_names}
+    card = ModelCard(framework="pytorch", accuracy=test["accuracy"], class_names=ds.class_names,
+                     architecture=student_architecture, params=params, flops=fwd,
+                     extra={"teacher_accuracy": teacher_test})
     metrics = {"student_accuracy": test["accuracy"], "teacher_accuracy": teacher_test,
                "accuracy_ratio": test["accuracy"] / teacher_test if teacher_test else 0.0,
                "student_params": params, "teacher_params": tparams, "params_ratio": params / tparams,
                "epochs_run": fitted["epochs_run"], "wall_seconds": seconds}
-    return {"metadata": metadata, "metrics": metrics,
-            "confusion_matrix": {"class_names": ds.class_names, "matrix": test["confusion_matrix"]}}
+    return StepResult(card, metrics, confusion_matrix=test["confusion_matrix"]).as_dict()

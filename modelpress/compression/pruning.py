@@ -22,6 +22,7 @@ from modelpress.models import flops as flops_mod
 from modelpress import models
 from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
+from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.evaluation.torch_scoring import evaluate
 from modelpress.training.loop import TrainSettings, fit
@@ -174,8 +175,7 @@ def prune(model_dir: str, dataset_dir: str, out_dir: str, *, method: str = "stru
     }
     if after_prune_acc is not None:
         metrics["accuracy_before_finetune"] = after_prune_acc
-    metadata = {"framework": "pytorch", "architecture": spec["architecture"], "params": after["params"],
-                "macs": after["macs"], "flops": after["macs"] * 2, "accuracy": after["accuracy"],
-                "precision": "fp32", "sparsity": sparsity, "pruning_method": method,
-                "pruning_amount": amount, "class_names": ds.class_names}
-    return {"metadata": metadata, "metrics": metrics, "rounds": rounds}
+    card = ModelCard(framework="pytorch", accuracy=after["accuracy"], class_names=ds.class_names,
+                     architecture=spec["architecture"], params=after["params"], flops=after["macs"] * 2,
+                     extra={"sparsity": sparsity, "pruning_method": method, "pruning_amount": amount})
+    return StepResult(card, metrics, extra={"rounds": rounds}).as_dict()

@@ -23,10 +23,12 @@ from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.timing import timed
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
+from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.hardware import cpu_flags, cpu_model, has_vnni
 from modelpress.evaluation import score_logits
 
 METHODS = ("static-int8", "dynamic-int8", "fp16")
+PRECISIONS = {"static-int8": "int8", "dynamic-int8": "int8-dynamic", "fp16": "fp16"}  # the card's `precision`
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
@@ -125,27 +127,27 @@ def quantise(onnx_dir: str, dataset_dir: str, out_dir: str, *, method: str = "st
         except ModelpressError as exc:
             accuracy = None
             note = f"not scored: this ONNX Runtime cannot run it on the CPU ({str(exc)[:200]})"
-        size = out.stat().st_size
-        meta = {**{k: v for k, v in meta_in.items() if k not in ("size_bytes", "accuracy", "max_abs_diff",
-                                                                   "max_rel_diff")},
-                "framework": "onnx", "format": "onnx",
-                "precision": {"static-int8": "int8", "dynamic-int8": "int8-dynamic", "fp16": "fp16"}[method],
-                "quantisation": settings, "size_bytes": size, "source_size_bytes": source.stat().st_size,
-                "accuracy": accuracy, "accuracy_note": note, "cpu_model": cpu_model(),
-                "cpu_flags": [f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))],
-                "onnxruntime": ort.__version__}
-        write_json_atomic(tmp / runtime.META_FILE, meta)
+        size, source_size = out.stat().st_size, source.stat().st_size
+        # the fp32 card carries over (architecture, classes, input, lineage); the export's
+        # verification figures describe the fp32 graph, not this one
+        card = ModelCard.from_metadata(meta_in).evolve(
+            drop=("size_bytes", "max_abs_diff", "max_rel_diff"), framework="onnx", precision=PRECISIONS[method],
+            accuracy=accuracy,
+            extra={"format": "onnx", "quantisation": settings, "size_bytes": size, "source_size_bytes": source_size,
+                   "accuracy_note": note, "cpu_model": cpu_model(),
+                   "cpu_flags": [f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))],
+                   "onnxruntime": ort.__version__})
+        write_json_atomic(tmp / runtime.META_FILE, card.file_metadata())
     seconds = time.perf_counter() - t0
     shown = f"{accuracy:.4f}" if accuracy is not None else "n/a (" + note + ")"
-    log(f"[quantise] {method}: {meta['source_size_bytes'] / 1e6:.2f} MB -> {size / 1e6:.2f} MB, "
+    log(f"[quantise] {method}: {source_size / 1e6:.2f} MB -> {size / 1e6:.2f} MB, "
         f"test accuracy {shown}, settings {settings}, {seconds:.1f}s")
-    metrics = {"size_bytes": size, "size_ratio": size / meta["source_size_bytes"], "wall_seconds": seconds}
+    metrics = {"size_bytes": size, "size_ratio": size / source_size, "wall_seconds": seconds}
     if accuracy is not None:
         metrics["test_accuracy"] = accuracy
     if meta_in.get("accuracy") is not None and accuracy is not None:
         metrics["accuracy_delta"] = accuracy - meta_in["accuracy"]
-    return {"metadata": {k: v for k, v in meta.items() if k not in ("source_spec", "versions")},
-            "metrics": metrics}
+    return StepResult(card, metrics).as_dict()
 
 
 def parse_reduce_range(value: str | bool | None) -> bool | None:

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 from modelpress.core.errors import ModelpressError
+from modelpress.data.sources import BUILTIN_SOURCES
 
 _CHUNK = 1 << 20
 
@@ -68,10 +69,19 @@ def gcs_fingerprint(uri: str, client=None) -> str:
 
 def fingerprint(source: str, *, gcs_client=None) -> str:
     """A short string that changes whenever the content behind `source` changes."""
-    if source == "digits":
+    if source in BUILTIN_SOURCES:  # shipped by a package: its version is its content
         import sklearn
 
         return f"digits:scikit-learn-{sklearn.__version__}"
     if source.startswith("gs://"):
         return gcs_fingerprint(source, gcs_client)
     return local_fingerprint(Path(source))
+
+
+def check(source: str, given: str) -> tuple[str, str]:
+    """The fingerprint of `source` now, and the log line comparing it with the one the pipeline was given."""
+    computed = fingerprint(source)
+    note = "" if computed == given else (
+        f" (the pipeline was given {given!r}: the data changed since submission)"
+        if given else " (no fingerprint was passed: this step's cache key ignores the content)")
+    return computed, f"[make-dataset] source {source}, content fingerprint {computed}{note}"

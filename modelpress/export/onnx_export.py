@@ -1,4 +1,4 @@
-"""Export a torch model artifact to ONNX and verify it numerically against torch."""
+"""Export a torch model artifact to ONNX (checked, verified against torch by `verify`), with its card."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import time
 import warnings
 from typing import Callable
 
-import numpy as np
 import torch
 
 from modelpress.models import flops as flops_mod
 from modelpress import models
-from modelpress.export import runtime
+from modelpress.export import runtime, verify
 from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.timing import timed
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
+from modelpress.core.results import ModelCard, StepResult
 from modelpress.evaluation import score_logits
 
 OPSET = 18  # the torch exporter's own op library targets 18: no version conversion
@@ -67,47 +67,30 @@ def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = 
 
     model, spec = models.load_model(model_dir)
     ds = load_dataset(dataset_dir)
-    x = ds.test.x[:max(2, verify_samples)]
     t0 = time.perf_counter()
     with atomic_dir(local_path(out_dir)) as tmp:
         path = tmp / runtime.ONNX_FILE
         export_model(model, torch.from_numpy(ds.test.x[:2]), str(path), opset)
         runtime.check_onnx(path)
         sess = runtime.session(path)
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        got = runtime.run_logits(sess, x)
-        single = runtime.run_logits(sess, x[:1], batch_size=1)  # batch 1 must work too
-        abs_diff = np.abs(got - ref)
-        max_abs = float(max(abs_diff.max(), np.abs(single - ref[:1]).max()))
-        max_rel = float((abs_diff / (np.abs(ref) + 1e-12)).max())
-        allowed = atol + rtol * np.abs(ref)
-        if (abs_diff > allowed).any():
-            raise ModelpressError(
-                f"ONNX output differs from torch beyond tolerance (rtol {rtol}, atol {atol}): "
-                f"max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} on {len(x)} test inputs. "
-                "The model may use an op the exporter translates inexactly.")
+        checked = verify.against_torch(model, sess, ds.test.x[:max(2, verify_samples)], rtol=rtol, atol=atol)
         test = score_logits(runtime.run_logits(sess, ds.test.x), ds.test.y, len(ds.class_names))
-        fwd = flops_mod.forward_flops(model, ds.feature_shape)
-        meta = {
-            "framework": "onnx", "format": "onnx", "precision": "fp32",
-            "opset": opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-            "input_shape": [-1, *ds.feature_shape], "class_names": ds.class_names,
-            "input": input_description(ds.schema, spec),
-            "architecture": spec["architecture"], "params": models.count_params(model),
-            "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
-            "max_abs_diff": max_abs, "max_rel_diff": max_rel, "verify_samples": len(x),
-            "size_bytes": path.stat().st_size, "source_spec": spec,
-            # the torch weights this came from: what a retraining run warm-starts from
-            "source_model": str(local_path(model_dir)),
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": ort.__version__},
-        }
-        write_json_atomic(tmp / runtime.META_FILE, meta)
+        card = ModelCard(
+            framework="onnx", accuracy=test["accuracy"], class_names=ds.class_names,
+            architecture=spec["architecture"], params=models.count_params(model),
+            flops=flops_mod.forward_flops(model, ds.feature_shape), input_shape=[-1, *ds.feature_shape],
+            extra={"format": "onnx", "opset": opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+                   "input": input_description(ds.schema, spec), **checked, "size_bytes": path.stat().st_size,
+                   # the torch weights this came from: what a retraining run warm-starts from
+                   "source_model": str(local_path(model_dir))},
+            detail={"source_spec": spec, "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                                                      "onnxruntime": ort.__version__}})
+        write_json_atomic(tmp / runtime.META_FILE, card.file_metadata())
     seconds = time.perf_counter() - t0
-    log(f"[export-onnx] opset {opset}, {meta['size_bytes'] / 1e6:.2f} MB, max abs diff {max_abs:.2e}, "
+    size = card.extra["size_bytes"]
+    log(f"[export-onnx] opset {opset}, {size / 1e6:.2f} MB, max abs diff {checked['max_abs_diff']:.2e}, "
         f"ONNX Runtime test accuracy {test['accuracy']:.4f}, {seconds:.1f}s")
-    metrics = {"test_accuracy": test["accuracy"], "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-               "size_bytes": meta["size_bytes"], "opset": opset, "export_seconds": seconds}
-    return {"metadata": {k: v for k, v in meta.items() if k not in ("source_spec", "versions")},
-            "metrics": metrics}
+    metrics = {"test_accuracy": test["accuracy"], "max_abs_diff": checked["max_abs_diff"],
+               "max_rel_diff": checked["max_rel_diff"], "size_bytes": size, "opset": opset,
+               "export_seconds": seconds}
+    return StepResult(card, metrics).as_dict()

@@ -20,6 +20,13 @@ def register(name: str):
     return deco
 
 
+def factory(name: str, key: str = "architecture") -> Callable[..., nn.Module]:
+    """The builder registered as `name`; `key` names the setting in the error."""
+    if name not in _REGISTRY:
+        raise ModelpressError(f"{key}: unknown architecture {name!r}; choose one of {architectures()}")
+    return _REGISTRY[name]
+
+
 def architectures() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
-from modelpress.models.architectures import _REGISTRY, InputNormalised, InvertedResidual, architectures
+from modelpress.models.architectures import InputNormalised, InvertedResidual, factory
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -31,11 +31,10 @@ def check_arguments(architecture: str, args: dict, arch_key: str = "architecture
     """Refuse an unknown architecture, or arguments it does not take, before anything runs."""
     import inspect
 
-    if architecture not in _REGISTRY:
-        raise ModelpressError(f"{arch_key}: unknown architecture {architecture!r}; choose one of {architectures()}")
+    build_fn = factory(architecture, arch_key)
     if not isinstance(args, dict):
         raise ModelpressError(f"{args_key} must be a mapping of arguments, e.g. {{channels: [16, 32]}}")
-    accepted = [p for p in inspect.signature(_REGISTRY[architecture]).parameters
+    accepted = [p for p in inspect.signature(build_fn).parameters
                 if p not in ("input_shape", "num_classes")]
     unknown = sorted(set(args) - set(accepted))
     if unknown:
@@ -65,14 +64,13 @@ def build(spec: dict) -> nn.Module:
     if not isinstance(spec, dict) or "architecture" not in spec:
         raise ModelpressError("a model spec is a dict with 'architecture' and 'args'")
     name = spec["architecture"]
-    if name not in _REGISTRY:
-        raise ModelpressError(f"unknown architecture {name!r}; choose one of {architectures()}")
+    build_fn = factory(name)
     args = {k: _integral(v) for k, v in spec.get("args", {}).items()}
     for key in ("input_shape", "num_classes"):
         if key not in args:
             raise ModelpressError(f"model spec for {name} lacks args.{key}")
     try:
-        model = _REGISTRY[name](**args)
+        model = build_fn(**args)
     except TypeError as exc:
         raise ModelpressError(f"bad arguments for architecture {name!r}: {exc}") from None
     norm = spec.get("normalisation")

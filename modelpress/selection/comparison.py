@@ -18,12 +18,14 @@ import numpy as np
 
 from modelpress.selection import benchmarking
 from modelpress import models
+from modelpress.deploy import repository
 from modelpress.export import runtime
 from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
-from modelpress.core.fileio import local_path, write_json_atomic
+from modelpress.core.fileio import local_path, write_json_atomic, write_text_atomic
 from modelpress.core.hardware import cpu_flags
-from modelpress.selection.report import stability_label
+from modelpress.core.results import Role, StepResult, Variant
+from modelpress.selection.report import render_html, stability_label
 from modelpress.models.flops import forward_flops
 from modelpress.evaluation import confusion_matrix
 from modelpress.evaluation.torch_scoring import predict_logits
@@ -54,9 +56,69 @@ def cpu_peak_flops(threads: int) -> dict | None:
             "assumption": "threads x max cpu MHz x FLOPs/cycle (2 FMA units, fp32)"}
 
 
-def _variant_file(v: dict) -> Path:
-    p = local_path(v["path"])
-    return p / models.WEIGHTS_FILE if v["kind"] == "torch" else runtime.onnx_file(p)
+def _variant_file(v: Variant) -> Path:
+    p = local_path(v.path)
+    return p / models.WEIGHTS_FILE if v.kind == "torch" else runtime.onnx_file(p)
+
+
+def deployed_champion(champion_repository: str, model_name: str) -> Path | None:
+    """The latest deployed version folder of `model_name` ("" repository or none deployed: None)."""
+    return repository.latest(champion_repository, model_name) if champion_repository else None
+
+
+def with_champion(variants: list, champion_repository: str, model_name: str, *,
+                  log: Callable[[str], None] = print, label: str = "benchmark") -> list[Variant]:
+    """`variants` and, when `model_name` is deployed in `champion_repository`, its latest version
+    in the champion role: the optimise and retraining runs measure it beside their candidates."""
+    out = [Variant.of(v) for v in variants]
+    champion = deployed_champion(champion_repository, model_name)
+    if champion is None:
+        log(f"[{label}] no champion {model_name!r} in {champion_repository or '(no repository)'}: "
+            "the accuracy floor alone decides")
+        return out
+    return [*out, Variant(f"champion v{champion.name}", str(champion), "onnx", Role.CHAMPION)]
+
+
+def optimisation_variants(torch_model: str, onnx_model: str, pruned_onnx: str, student_onnx: str,
+                          quantised=(), quantised_pruned=(), quantised_student=()) -> list[Variant]:
+    """The optimise run's variants: both fp32 baselines, the pruned and distilled exports, and
+    each quantised model of each, named by its method ("pruned static-int8"). A quantised model
+    is a (path, artifact metadata) pair; its metadata names the method."""
+    variants = [Variant("torch eager fp32", torch_model, "torch", Role.BASELINE),
+                Variant("onnx fp32", onnx_model, "onnx", Role.BASELINE_ONNX),
+                Variant("pruned fp32", pruned_onnx, "onnx"),
+                Variant("student fp32", student_onnx, "onnx")]
+    for prefix, group in (("", quantised), ("pruned ", quantised_pruned), ("student ", quantised_student)):
+        for path, metadata in group:
+            method = metadata.get("quantisation", {}).get("method", "quantised")
+            variants.append(Variant(f"{prefix}{method}".strip(), path, "onnx", metadata=metadata))
+    return variants
+
+
+def summary(results: dict, figures: dict) -> dict:
+    """A benchmark step's record: the variants' names on the artifact, the step's figures as metrics."""
+    return StepResult(metadata={"variants": [r["name"] for r in results["variants"]]},
+                      metrics={"work_seconds": results["work_seconds"], **figures}).as_dict()
+
+
+def benchmark_optimisation(variants: list, dataset_dir: str, out_json: str, report_html: str, *,
+                           champion_repository: str = "", model_name: str = "digits", threads: int = 2,
+                           throughput_batch: int = 64, window_seconds: float = 0.5, max_windows: int = 10,
+                           log: Callable[[str], None] = print) -> dict:
+    """The optimise run's benchmark step: `variants` and the deployed champion measured, the
+    results JSON and the HTML report written; returns the step's record (p50 and accuracy per
+    measured variant)."""
+    results = benchmark(with_champion(variants, champion_repository, model_name, log=log), dataset_dir,
+                        out_json, threads=threads, throughput_batch=throughput_batch,
+                        window_seconds=window_seconds, max_windows=max_windows, log=log)
+    write_text_atomic(report_html, render_html(results, title="modelpress benchmark"))
+    figures = {"variants": len(results["variants"])}
+    for row in results["variants"]:
+        if row.get("latency_ms"):
+            key = row["name"].replace(" ", "_").replace("-", "_")
+            figures[f"{key}_p50_ms"] = row["latency_ms"]["p50"]
+            figures[f"{key}_accuracy"] = row["accuracy"]
+    return summary(results, figures)
 
 
 def _gpu_runners(model, x1: np.ndarray, log) -> dict:
@@ -92,16 +154,18 @@ def _gpu_runners(model, x1: np.ndarray, log) -> dict:
     return runners
 
 
-def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads: int = 2,
+def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int = 2,
               throughput_batch: int = 64, window_seconds: float = 0.5, max_windows: int = 10,
               log: Callable[[str], None] = print) -> dict:
-    """Measure `variants` ({name, path, kind: torch|onnx, role}) and write every figure to JSON."""
+    """Measure `variants` (`Variant`s, or their dicts {name, path, kind: torch|onnx, role}) and
+    write every figure to JSON."""
     import onnxruntime as ort
     import torch
 
     if not variants:
         raise ModelpressError("nothing to benchmark: the variant list is empty")
-    names = [v["name"] for v in variants]
+    variants = [Variant.of(v) for v in variants]
+    names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ModelpressError(f"variant names must be unique, got {names}")
     t_start = time.perf_counter()
@@ -111,36 +175,36 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
     rows, runners, gpu_source = [], {}, None
     for v in variants:
         file = _variant_file(v)
-        row = {"name": v["name"], "role": v.get("role", "candidate"), "kind": v["kind"],
-               "path": str(local_path(v["path"])), "file": str(file), "sha256": sha256(file),
+        row = {"name": v.name, "role": v.role.value, "kind": v.kind,
+               "path": str(local_path(v.path)), "file": str(file), "sha256": sha256(file),
                **benchmarking.file_sizes(file), "runtime": None, "note": None}
-        meta = dict(v.get("metadata") or {})
-        if v["kind"] == "torch":
-            model, spec = models.load_model(str(v["path"]))
+        meta = dict(v.metadata or {})
+        if v.kind == "torch":
+            model, spec = models.load_model(str(v.path))
             runner = benchmarking.torch_runner(model, threads)
             logits = predict_logits(model, ds.test.x)
             row.update(params=models.count_params(model), macs=forward_flops(model, ds.feature_shape) // 2,
                        precision="fp32", runtime=f"torch {torch.__version__} eager CPU")
-            if v.get("role") == "baseline":
+            if v.role == Role.BASELINE:
                 gpu_source = {"spec": spec, "state": model.state_dict()}
         else:
-            onnx_meta = {**runtime.read_meta(v["path"]), **meta}
+            onnx_meta = {**runtime.read_meta(v.path), **meta}
             row.update(params=onnx_meta.get("params"), macs=onnx_meta.get("macs"),
                        precision=onnx_meta.get("precision", "fp32"),
                        runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider")
             try:
-                sess = runtime.session(v["path"], threads=threads)
+                sess = runtime.session(v.path, threads=threads)
                 logits = runtime.run_logits(sess, ds.test.x)
                 runner = benchmarking.onnx_runner(sess)
             except ModelpressError as exc:
                 row["note"] = f"not runnable with this ONNX Runtime on the CPU: {str(exc)[:200]}"
                 rows.append({**row, "accuracy": None, "latency_ms": None, "throughput_per_s": None})
-                log(f"[benchmark] {v['name']}: {row['note']}")
+                log(f"[benchmark] {v.name}: {row['note']}")
                 continue
         pred = logits.argmax(1)
         row["accuracy"] = float((pred == ds.test.y).mean())
         row["confusion_matrix"] = confusion_matrix(ds.test.y, pred, n_classes)
-        runners[v["name"]] = runner
+        runners[v.name] = runner
         rows.append(row)
     log(f"[benchmark] {len(runners)} variants on the CPU with {threads} thread(s): batch-1 latency in "
         f"{window_seconds}s windows (stable: 3 consecutive windows within 10%, at most {max_windows})")
@@ -167,10 +231,10 @@ def benchmark(variants: list[dict], dataset_dir: str, out_json: str, *, threads:
         log(f"[benchmark] CUDA GPU: {torch.cuda.get_device_name(0)}")
         g_runners = _gpu_runners(gpu_source, x1, log)
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            fp32 = next((v for v in variants if v["kind"] == "onnx" and v.get("role") == "baseline-onnx"), None)
+            fp32 = next((v for v in variants if v.kind == "onnx" and v.role == Role.BASELINE_ONNX), None)
             if fp32:
                 g_runners["onnxruntime cuda fp32"] = benchmarking.onnx_runner(
-                    runtime.session(fp32["path"], providers=["CUDAExecutionProvider"]))
+                    runtime.session(fp32.path, providers=["CUDAExecutionProvider"]))
         else:
             log("[benchmark] this ONNX Runtime has no CUDAExecutionProvider: its CUDA path is not measured")
         g_lat = benchmarking.measure_windows(g_runners, x1, window_seconds=window_seconds,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from modelpress.core.errors import ModelpressError
+from modelpress.core.results import Role
 
 OBJECTIVES = {"p50": ("latency_ms", "p50", 1), "p95": ("latency_ms", "p95", 1),
               "size": ("size_bytes", None, 1), "throughput": ("throughput_per_s", None, -1)}
@@ -82,13 +83,13 @@ def select(results: dict, policy: Policy) -> dict:
     """Choose a variant; return the decision with the constraint table that explains it."""
     policy.validate()
     rows = results["variants"]
-    baseline = next((r for r in rows if r["role"] == "baseline"), None)
+    baseline = next((r for r in rows if r["role"] == Role.BASELINE), None)
     if baseline is None or baseline.get("accuracy") is None:
         raise ModelpressError("the results have no scored baseline (role 'baseline'): cannot set the bar")
     bar = policy.bar(baseline["accuracy"])
     table = []
     for r in rows:
-        if r["role"] == "champion":
+        if r["role"] == Role.CHAMPION:
             continue
         checks = {
             "deployable": r["kind"] == "onnx",
@@ -168,7 +169,7 @@ def ratios(results: dict, name: str) -> dict:
     rows = {r["name"]: r for r in results["variants"]}
     chosen = rows[name]
     out = {}
-    for label, role in (("torch", "baseline"), ("onnx_fp32", "baseline-onnx")):
+    for label, role in (("torch", Role.BASELINE), ("onnx_fp32", Role.BASELINE_ONNX)):
         ref = next((r for r in results["variants"] if r["role"] == role), None)
         if ref is None or not ref.get("latency_ms") or not chosen.get("latency_ms"):
             continue
@@ -185,7 +186,7 @@ def decide(results: dict, policy: Policy) -> dict:
     decision = select(results, policy)
     rows = {r["name"]: r for r in results["variants"]}
     chosen = rows.get(decision["chosen"]) if decision["chosen"] else None
-    champion = next((r for r in results["variants"] if r["role"] == "champion" and r.get("accuracy") is not None),
+    champion = next((r for r in results["variants"] if r["role"] == Role.CHAMPION and r.get("accuracy") is not None),
                     None)
     blessing = bless(chosen, champion, policy)
     return {"decision": decision, "blessing": blessing, "chosen_row": chosen,

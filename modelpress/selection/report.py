@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 
+from modelpress.core.results import Role
 from modelpress.selection import report_plots
 from modelpress.selection.report_plots import pareto_front  # noqa: F401  (public here since before the split)
 
@@ -22,7 +23,7 @@ UNSTABLE_NOTE = ("unstable: the measurement windows did not settle (the last 3 w
 
 def _ordered(results: dict) -> list[dict]:
     rows = results["variants"]
-    order = {"baseline": 0, "baseline-onnx": 1, "candidate": 2, "champion": 3}
+    order = {Role.BASELINE: 0, Role.BASELINE_ONNX: 1, Role.CANDIDATE: 2, Role.CHAMPION: 3}
     return sorted(rows, key=lambda r: order.get(r["role"], 2))
 
 
@@ -190,7 +191,7 @@ def _constraints(results: dict, decision: dict) -> list[str]:
         shown = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in checks.items())
         if candidate:
             eligible = "yes" if t["eligible"] else "no"
-        elif t["name"] == decision.get("baseline") or row.get("role") == "baseline":
+        elif t["name"] == decision.get("baseline") or row.get("role") == Role.BASELINE:
             eligible, noted = "baseline (not a candidate)¹", True
         else:
             eligible, noted = f"not a candidate ({row.get('kind', 'not ONNX')})¹", True

@@ -10,12 +10,12 @@ from typing import Callable
 
 from modelpress.selection import comparison
 from modelpress import models
-from modelpress.deploy import repository
 from modelpress.export import runtime
 from modelpress import training
 from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
+from modelpress.core.results import ModelCard, Role, StepResult, Variant
 from modelpress.core.timing import timed
 from modelpress.evaluation import torch_scoring
 
@@ -43,7 +43,7 @@ def champion_weights(champion_repository: str, model_name: str, log: Callable[[s
     Each deployed version's meta.json names it (`source_model`, written by export-onnx and
     kept through quantisation); it lives in the pipeline root of the run that produced it.
     """
-    latest = repository.latest(champion_repository, model_name) if champion_repository else None
+    latest = comparison.deployed_champion(champion_repository, model_name)
     if latest is None:
         log(f"[train-challenger] warm_start=champion but no {model_name!r} is deployed in "
             f"{champion_repository or '(no repository)'}: training from scratch")
@@ -86,14 +86,13 @@ def train_challenger(dataset_dir: str, out_dir: str, *, warm_start: str = "", ar
     models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings), "class_names": ds.class_names,
                                                    "warm_start": warm_start})
     log(f"[train-challenger] test accuracy {test['accuracy']:.4f} (from {start['accuracy']:.4f})")
-    metadata = {"framework": "pytorch", "architecture": spec["architecture"], "params": models.count_params(model),
-                "accuracy": test["accuracy"], "precision": "fp32", "input_shape": list(ds.feature_shape),
-                "class_names": ds.class_names, "warm_start": warm_start}
+    card = ModelCard(framework="pytorch", accuracy=test["accuracy"], class_names=ds.class_names,
+                     architecture=spec["architecture"], params=models.count_params(model),
+                     input_shape=list(ds.feature_shape), extra={"warm_start": warm_start})
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "warm_start_accuracy": start["accuracy"],
                "best_val_loss": fitted["best_val_loss"], "epochs_run": fitted["epochs_run"],
                "wall_seconds": fitted["seconds"]}
-    return {"metadata": metadata, "metrics": metrics,
-            "confusion_matrix": {"class_names": ds.class_names, "matrix": test["confusion_matrix"]}}
+    return StepResult(card, metrics, confusion_matrix=test["confusion_matrix"]).as_dict()
 
 
 def score(dataset_dir: str, torch_model: str, onnx_model: str, out_json: str, *, champion_repository: str = "",
@@ -101,14 +100,17 @@ def score(dataset_dir: str, torch_model: str, onnx_model: str, out_json: str, *,
           log: Callable[[str], None] = print) -> dict:
     """Challenger (torch fp32 as the baseline, its ONNX export as the candidate) and the champion,
     the latest version in `champion_repository`, measured side by side on the same test split."""
-    variants = [{"name": "challenger torch fp32", "path": torch_model, "kind": "torch", "role": "baseline"},
-                {"name": "challenger onnx fp32", "path": onnx_model, "kind": "onnx", "role": "candidate"}]
-    champion = repository.latest(champion_repository, model_name) if champion_repository else None
-    if champion is not None:
-        variants.append({"name": f"champion v{champion.name}", "path": str(champion), "kind": "onnx",
-                         "role": "champion"})
-    else:
-        log(f"[score] no champion {model_name!r} in {champion_repository or '(no repository)'}: "
-            "the accuracy floor alone decides")
+    variants = comparison.with_champion([Variant("challenger torch fp32", torch_model, "torch", Role.BASELINE),
+                                         Variant("challenger onnx fp32", onnx_model, "onnx", Role.CANDIDATE)],
+                                        champion_repository, model_name, log=log, label="score")
     return comparison.benchmark(variants, dataset_dir, out_json, threads=threads, window_seconds=window_seconds,
                                 max_windows=max_windows, log=log)
+
+
+def summary(results: dict) -> dict:
+    """The score step's record: the challenger's accuracy and the champion's, when one is deployed."""
+    rows = {r["role"]: r for r in results["variants"]}
+    figures = {"challenger_accuracy": rows[Role.CANDIDATE]["accuracy"]}
+    if Role.CHAMPION in rows:
+        figures["champion_accuracy"] = rows[Role.CHAMPION]["accuracy"]
+    return comparison.summary(results, figures)

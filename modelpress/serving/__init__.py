@@ -1,1 +1,6 @@
-"""Serving: a KServe v2 (Triton-compatible) HTTP server over ONNX Runtime, and a load generator."""
+"""serving: ``modelpress serve``, a KServe v2 (Triton-compatible) server over ONNX Runtime. It owns
+the error types and how they become statuses (``errors``), the wire codec shared with clients
+(``protocol``), the loaded models and their hot reload (``store``), dynamic batching
+(``batching``), class names and probabilities (``postprocess``), the transport-free data plane
+(``dataplane``), the HTTP transport (``rest``), Prometheus metrics (``metrics``) and process
+start-up, Vertex mode included (``server``, ``cli``, ``settings``)."""

@@ -28,22 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modelpress.serving.protocol import ClientError
+from modelpress.serving.errors import ClientError, SchedulerClosed, ServerError
 
 log = logging.getLogger("modelpress.serve")
-
-
-class SchedulerClosed(Exception):
-    """The version was retired between lookup and submit: look the model up again."""
-
-
-class ServerError(Exception):
-    """Not the client's fault: answered with a 5xx."""
-
-    def __init__(self, message: str, status: int = 500, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 @dataclass

@@ -1,10 +1,8 @@
-"""`modelpress serve` and `modelpress loadtest` arguments."""
+"""`modelpress serve`: its arguments, and the call that starts the server."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 
 def _positive_int(text: str) -> int:
@@ -12,16 +10,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _levels(text: str) -> list[int]:
-    try:
-        levels = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,16,64, got {text!r}") from None
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
-    return levels
 
 
 def add_serve(commands) -> None:
@@ -47,50 +35,11 @@ def add_serve(commands) -> None:
 
 
 def _serve(args) -> int:
-    from modelpress.serving.app import ServeSettings
     from modelpress.serving.server import Listen, serve
+    from modelpress.serving.settings import ServeSettings
 
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), request_timeout_s=args.request_timeout,
                              poll_seconds=args.poll_seconds, vertex_model=args.model)
     serve(args.repository, Listen(args.host, args.http_port, args.metrics_port), settings,
           max_queue_rows=args.max_queue_rows, threads=args.threads)
     return 0
-
-
-def add_loadtest(commands) -> None:
-    p = commands.add_parser("loadtest", help="measure a KServe v2 server: concurrency sweeps or a fixed rate",
-                            description="Closed-loop concurrency sweeps (--concurrency) and an open-loop fixed-rate "
-                            "mode (--rate) that does not hide tail latency. Binary tensors by default.")
-    p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", help="model version (default: the server's choice)")
-    p.add_argument("--concurrency", type=_levels, help="comma-separated client counts (default 1,4,16,64)")
-    p.add_argument("--rate", type=float, help="open loop: requests per second")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level (default 2)")
-    p.add_argument("--batch", type=_positive_int, default=1, help="rows per request (default 1)")
-    p.add_argument("--json-tensors", action="store_true", help="send JSON tensors instead of binary")
-    p.add_argument("--output", type=Path, help="write results as JSON here")
-    p.add_argument("--plot", type=Path, help="write a latency-vs-throughput plot (PNG) here")
-    p.set_defaults(run=_loadtest)
-
-
-def _loadtest(args) -> int:
-    from modelpress.core.fileio import write_json_atomic
-    from modelpress.serving import loadtest
-
-    if args.rate is not None and args.rate <= 0:
-        raise SystemExit("modelpress loadtest: error: --rate must be > 0")
-    # the table on stdout (header first, a row per level as it finishes); progress on stderr
-    results = loadtest.run(args.url, args.model, concurrency=args.concurrency, rate=args.rate,
-                           duration_s=args.duration, warmup_s=args.warmup, batch=args.batch,
-                           binary=not args.json_tensors, version=args.version,
-                           progress=lambda line: print(line, file=sys.stderr, flush=True),
-                           emit=lambda line: print(line, flush=True))
-    if args.output:
-        write_json_atomic(args.output, {"url": args.url, "model": args.model, "results": loadtest.to_json(results)})
-        print(f"wrote {args.output}")
-    if args.plot:
-        loadtest.plot({args.model: results}, str(args.plot))
-        print(f"wrote {args.plot}")
-    return 0 if all(not r.errors for r in results) else 1

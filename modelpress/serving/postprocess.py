@@ -25,8 +25,8 @@ import numpy as np
 
 from modelpress.core.errors import ModelpressError
 from modelpress.export.runtime import META_FILE
-from modelpress.serving.batching import ServerError
-from modelpress.serving.protocol import ClientError, bytes_array
+from modelpress.serving.errors import ClientError, ServerError
+from modelpress.serving.protocol import bytes_array
 
 SCORES = "logits"           # the output the derived ones come from (or the model's only output)
 PROBABILITIES, LABEL = "probabilities", "label"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from modelpress.serving.errors import ClientError
+
 # v2 datatype -> numpy dtype (little-endian, as the binary extension requires)
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
@@ -23,15 +25,6 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _NAMES = {v: k for k, v in DATATYPES.items()}
 BINARY_HEADER = "inference-header-content-length"
-
-
-class ClientError(Exception):
-    """A mistake in the request: answered with `status` and {"error": message}."""
-
-    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -212,7 +205,7 @@ def encode_infer(model: str, version: str, request_id: str | None, outputs: dict
 
 def binary_request(inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
                    binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
-    """A binary-extension infer request body (what tritonclient sends); used by the load tester."""
+    """A binary-extension infer request body (what tritonclient sends); used by the load generator."""
     described, blobs = [], []
     for name, array in inputs.items():
         datatype = datatype_of(array)
@@ -234,7 +227,7 @@ def json_request(inputs: dict[str, np.ndarray]) -> bytes:
 
 
 def decode_infer_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
-    """Outputs of an infer response (JSON or binary) as arrays; used by the load tester and tests."""
+    """Outputs of an infer response (JSON or binary) as arrays; used by the load generator and tests."""
     n = int(header_length) if header_length else len(body)
     doc = orjson.loads(body[:n])
     out, offset = {}, n

@@ -22,8 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelpress.core.errors import ModelpressError
-from modelpress.serving.app import InferenceApp, ServeSettings
+from modelpress.serving.dataplane import DataPlane
 from modelpress.serving.metrics import ServerMetrics
+from modelpress.serving.rest.app import build_app
+from modelpress.serving.settings import ServeSettings
 from modelpress.serving.store import ModelStore
 
 log = logging.getLogger("modelpress.serve")
@@ -150,7 +152,7 @@ def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, ma
     metrics = ServerMetrics()
     store = ModelStore(root, max_queue_rows=max_queue_rows, threads=threads, observe=metrics.observe)
     metrics.watch(store)
-    inference = InferenceApp(store, settings, metrics)
+    plane = DataPlane(store, settings, metrics)
     if listen.metrics_port:
         try:
             start_http_server(listen.metrics_port, addr=listen.host, registry=metrics.registry)
@@ -161,6 +163,6 @@ def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, ma
     log.info("serving %s on http://%s:%d%s%s", root, listen.host, listen.http_port,
              f" (metrics on :{listen.metrics_port}/metrics)" if listen.metrics_port else "",
              f" (Vertex mode: {settings.vertex_predict_route})" if vertex else "")
-    server = build_server(inference.build(), settings, loop="uvloop", http="httptools",
+    server = build_server(build_app(plane), settings, loop="uvloop", http="httptools",
                           log_level="warning", backlog=2048, timeout_keep_alive=30)
     server.run(sockets=[sock])

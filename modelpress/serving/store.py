@@ -23,7 +23,8 @@ from modelpress.core.errors import ModelpressError
 from modelpress.export.runtime import META_FILE, ONNX_FILE, session as ort_session
 from modelpress.serving.batching import BatchPolicy, Scheduler, check_rows
 from modelpress.serving.postprocess import ModelInfo, check_info, input_parameters, metadata_parameters
-from modelpress.serving.protocol import ClientError, datatype_of, triton_to_v2
+from modelpress.serving.errors import ClientError
+from modelpress.serving.protocol import datatype_of, triton_to_v2
 
 log = logging.getLogger("modelpress.serve")
 _VERSION = re.compile(r"^[0-9]{1,18}$")

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -67,13 +67,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _batches(x, y, aux, batch_size: int, generator):
-    order = torch.randperm(len(x), generator=generator)
-    for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
-        yield x[idx], y[idx], (aux[idx] if aux is not None else None)
-
-
 def make_optimiser(params, settings: TrainSettings, total_steps: int):
     """The optimiser the settings name, under a one-cycle learning-rate schedule."""
     params = [p for p in params if p.requires_grad]
@@ -131,6 +124,74 @@ class Progress:
                 "final_train_loss": self.history[-1]["train_loss"], "best_val_loss": self.best_val}
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them finished
+        torch.cuda.synchronize(device)
+
+
+def _mean_loss(total: float, seen: int) -> tuple[float, int]:
+    return total / seen, seen
+
+
+def batch_step(model: nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor, device: torch.device, *,
+               loss_fn: LossFn | None = None, aux: torch.Tensor | None = None) -> Callable[[object, int], float]:
+    """`step(indices, epoch)`: one optimiser step on those examples; returns their loss total."""
+    loss_fn = loss_fn or (lambda logits, yb, _aux: F.cross_entropy(logits, yb))
+
+    def step(idx, epoch: int) -> float:
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        ab = aux[idx].to(device) if aux is not None else None
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb, ab)
+        check_finite(loss, epoch)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss.item() * len(idx)
+
+    return step
+
+
+def run_epochs(model: nn.Module, settings: TrainSettings, *, batches: Callable[[int], Iterable[Sequence[int]]],
+               step: Callable[[Sequence[int], int], float], validate: Callable[[], dict], device: torch.device,
+               examples_per_epoch: int, log: Callable[[str], None] = print, label: str = "train",
+               trained: nn.Module | None = None,
+               train_loss: Callable[[float, int], tuple[float, int]] = _mean_loss) -> tuple[dict, list[float]]:
+    """The epoch loop of every trainer (fit, the DDP and pipeline workers): timed steps,
+    validation, log lines, early stopping; the best weights end up in `model`.
+
+    `batches(epoch)` lists the epoch's batches of example indices; `step(indices, epoch)` trains
+    on one and returns its loss total; `train_loss(total, seen)` gives the epoch's mean loss and
+    example count (a distributed worker combines the ranks' totals there); `validate()` scores
+    the validation split (a worker returns the same scores on every rank, so all stop
+    together). `trained` is the module put in train mode every epoch (a DDP wrapper, a
+    pipeline stage; `model` by default). Returns the run's summary and every step's seconds.
+    """
+    trained = model if trained is None else trained
+    progress = Progress(settings, log, label)
+    step_seconds = []
+    start = time.perf_counter()
+    for epoch in range(1, settings.epochs + 1):
+        trained.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        for indices in batches(epoch):
+            ts = time.perf_counter()
+            total += step(indices, epoch)
+            sync(device)
+            step_seconds.append(time.perf_counter() - ts)
+            seen += len(indices)
+        train_seconds = time.perf_counter() - t0
+        loss, seen = train_loss(total, seen)
+        if progress.end_epoch(epoch, loss, seen, validate(), time.perf_counter() - t0, model,
+                              train_seconds=train_seconds):
+            break
+    seconds = time.perf_counter() - start
+    summary = progress.finish(model)
+    return {**summary, "seconds": seconds, "examples_per_epoch": examples_per_epoch,
+            "samples_seen": examples_per_epoch * summary["epochs_run"], "device": str(device)}, step_seconds
+
+
 def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: LossFn | None = None,
         aux: np.ndarray | None = None, log: Callable[[str], None] = print,
         label: str = "train") -> dict:
@@ -140,37 +201,15 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     model.to(device)
-    steps_per_epoch = math.ceil(len(ds.train.x) / settings.batch_size)
-    opt, sched = make_optimiser(model.parameters(), settings, settings.epochs * steps_per_epoch)
-    xtr = torch.from_numpy(ds.train.x)
-    ytr = torch.from_numpy(ds.train.y)
-    auxt = torch.from_numpy(aux) if aux is not None else None
-    loss_fn = loss_fn or (lambda logits, y, _aux: F.cross_entropy(logits, y))
-    num_classes = len(ds.class_names)
-    progress = Progress(settings, log, label)
-    start = time.perf_counter()
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        for xb, yb, ab in _batches(xtr, ytr, auxt, settings.batch_size, gen):
-            xb, yb = xb.to(device), yb.to(device)
-            ab = ab.to(device) if ab is not None else None
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb, ab)
-            check_finite(loss, epoch)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(xb)
-            seen += len(xb)
-        val = evaluate(model, ds.validation.x, ds.validation.y, num_classes, device)
-        if progress.end_epoch(epoch, total / seen, seen, val, time.perf_counter() - t0, model):
-            break
-    seconds = time.perf_counter() - start
-    summary = progress.finish(model)
-    return {**summary, "seconds": seconds, "examples_per_epoch": len(ds.train.x),
-            "samples_seen": len(ds.train.x) * summary["epochs_run"], "device": str(device)}
+    n, batch = len(ds.train.x), settings.batch_size
+    opt, sched = make_optimiser(model.parameters(), settings, settings.epochs * math.ceil(n / batch))
+    step = batch_step(model, opt, sched, torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y), device,
+                      loss_fn=loss_fn, aux=torch.from_numpy(aux) if aux is not None else None)
+    fitted, _ = run_epochs(
+        model, settings, step=step, device=device, examples_per_epoch=n, log=log, label=label,
+        batches=lambda _epoch: torch.randperm(n, generator=gen).split(batch),  # a new order every epoch
+        validate=lambda: evaluate(model, ds.validation.x, ds.validation.y, len(ds.class_names), device))
+    return fitted
 
 
 def prepare(dataset_dir: str, architecture: str, model_args: dict | None,
@@ -197,15 +236,15 @@ def finish(model: nn.Module, spec: dict, ds: Dataset, settings: TrainSettings, f
            fwd: int, out_dir: str, *, label: str = "train",
            log: Callable[[str], None] = print) -> dict:
     """Score the trained model on the test split, save it, and build the train result."""
-    architecture = spec["architecture"]
+    from modelpress.core.results import ModelCard, StepResult
+
     params = models.count_params(model)
     test = evaluate(model, ds.test.x, ds.test.y, len(ds.class_names), fitted["device"])
     compute = flops_mod.training_compute(fwd, fitted["examples_per_epoch"], fitted["epochs_run"],
                                          fitted["seconds"])
-    metadata = {"framework": "pytorch", "architecture": architecture, "params": params,
-                "macs": fwd // 2, "flops": fwd, "accuracy": test["accuracy"],
-                "precision": "fp32", "input_shape": list(ds.feature_shape),
-                "class_names": ds.class_names}
+    card = ModelCard(framework="pytorch", accuracy=test["accuracy"], class_names=ds.class_names,
+                     architecture=spec["architecture"], params=params, flops=fwd,
+                     input_shape=list(ds.feature_shape))
     models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings),
                                                    "class_names": ds.class_names})
     metrics = {
@@ -218,9 +257,8 @@ def finish(model: nn.Module, spec: dict, ds: Dataset, settings: TrainSettings, f
     log(f"[{label}] test accuracy {test['accuracy']:.4f}; {compute['training_flops']:.3g} training FLOPs "
         f"({compute['training_pflop_days']:.3g} PF-days), achieved "
         f"{compute['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s")
-    return {"metadata": metadata, "metrics": metrics,
-            "confusion_matrix": {"class_names": ds.class_names, "matrix": test["confusion_matrix"]},
-            "history": fitted["history"]}
+    return StepResult(card, metrics, confusion_matrix=test["confusion_matrix"],
+                      extra={"history": fitted["history"]}).as_dict()
 
 
 @timed

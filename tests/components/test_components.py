@@ -68,3 +68,15 @@ def test_train_component_rejects_bad_settings(chain, tmp_path):
                           architecture="cnn", model_args={}, epochs=0, batch_size=64, learning_rate=1e-3,
                           optimizer="adamw", weight_decay=0.0, seed=0, patience=0, device="auto")
     assert not (tmp_path / "m").exists()
+
+
+def test_train_settings_come_from_the_arguments_by_name():
+    from components._io import train_settings
+    from modelpress import training
+
+    args = dict(dataset=None, architecture="cnn", epochs=3, batch_size=8, learning_rate=0.1, seed=2,
+                finetune_epochs=7)
+    assert train_settings(args) == training.TrainSettings(epochs=3, batch_size=8, learning_rate=0.1, seed=2)
+    assert train_settings(args, epochs=args["finetune_epochs"], patience=0).epochs == 7
+    with pytest.raises(TypeError, match="no field"):
+        train_settings(args, finetune_epochs=7)

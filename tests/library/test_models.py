@@ -80,3 +80,13 @@ def test_dict_parameters_arrive_as_floats_from_kfp():
     # KFP hands dict parameters over through protobuf Struct: every number is a float
     model = models.build(models.make_spec("cnn", [1, 8, 8], 10.0, channels=[8.0, 16.0]))
     assert model.classifier.out_features == 10
+
+
+def test_the_normalisation_buffers_carry_the_names_quantisation_keeps_in_fp32():
+    from modelpress.export import runtime
+
+    model = models.build(models.make_spec("mlp", [3], 2, normalisation={"kind": "per-feature", "mean": [0, 1, 2],
+                                                                       "std": [1, 1, 2]}))
+    assert tuple(name for name, _ in model.named_buffers()) == runtime.NORMALISATION_CONSTANTS
+    x = torch.tensor([[0.0, 1.0, 4.0]])
+    assert torch.allclose((x - model.mean) * model.inv_std, torch.tensor([[0.0, 0.0, 1.0]]))

@@ -163,5 +163,5 @@ def test_decision_text_gives_units_for_every_objective():
     rows = [_row("torch eager fp32", role="baseline", kind="torch"), _row("onnx fp32", role="baseline-onnx")]
     results = _results(rows)
     for objective, unit in (("size", "bytes"), ("throughput", "rows/s"), ("p95", "ms")):
-        decision = decision.select(results, decision.Policy(objective=objective))
-        assert re.search(rf"\([\d.e+]+ {re.escape(unit)}\)", report.decision_text(results, decision)), objective
+        chosen = decision.select(results, decision.Policy(objective=objective))
+        assert re.search(rf"\([\d.e+]+ {re.escape(unit)}\)", report.decision_text(results, chosen)), objective

@@ -20,7 +20,8 @@ from modelpress.deploy import vertex
 from modelpress.core.errors import ModelpressError
 from pipelines import settings
 from pipelines.compile import compile_pipeline
-from pipelines.targets import Target, TrainingJob, _training_job_op
+from pipelines.targets import Target
+from pipelines.targets.vertex import TrainingJob, training_job_op
 
 ROOT = Path(__file__).resolve().parents[2]
 GCPC_LAUNCHER = "gcr.io/ml-pipeline/google-cloud-pipeline-components:2.22.0"
@@ -74,9 +75,9 @@ def test_the_custom_job_op_is_built_once_per_target():
                training_job=TrainingJob(replica_count=3, machine_type="n1-standard-4"))
     b = Target(name="vertex", image="r/cpu:1", project="p", region="europe-west4",
                training_job=TrainingJob(replica_count=3, machine_type="n1-standard-4"))
-    assert _training_job_op(a) is _training_job_op(b)
-    other = _training_job_op(Target(name="vertex", image="r/cpu:2", project="p", region="europe-west4"))
-    assert other is not _training_job_op(a)
+    assert training_job_op(a) is training_job_op(b)
+    other = training_job_op(Target(name="vertex", image="r/cpu:2", project="p", region="europe-west4"))
+    assert other is not training_job_op(a)
     pools = other.component_spec.inputs["worker_pool_specs"].default
     assert len(pools) == 1 and pools[0]["container_spec"]["image_uri"] == "r/cpu:2"
     assert "accelerator_type" not in pools[0]["machine_spec"]
@@ -377,11 +378,11 @@ def test_a_component_input_named_like_a_custom_job_field_is_refused():
     from kfp import dsl
 
     from modelpress.core.errors import ModelpressError
-    from pipelines.targets import _check_no_clashing_inputs
+    from pipelines.targets.vertex import check_no_clashing_inputs
 
     @dsl.component
     def clashing(strategy: str = "ddp"):
         pass
 
     with pytest.raises(ModelpressError, match=r"\['strategy'\] share names with Vertex CustomJob fields"):
-        _check_no_clashing_inputs(None, clashing)
+        check_no_clashing_inputs(None, clashing)

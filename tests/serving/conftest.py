@@ -192,15 +192,17 @@ def in_process_server(repo: Path, **settings):
     into its objects (to inject a fault) while a real client talks to it over HTTP."""
     import asyncio
 
-    from modelpress.serving.app import InferenceApp, ServeSettings
+    from modelpress.serving.dataplane import DataPlane
+    from modelpress.serving.rest.app import build_app
     from modelpress.serving.server import bind_api_socket, build_server
+    from modelpress.serving.settings import ServeSettings
     from modelpress.serving.store import ModelStore
 
     store = ModelStore(repo)
     config = ServeSettings(poll_seconds=0, **settings)
     sock = bind_api_socket("127.0.0.1", 0)
     host = f"127.0.0.1:{sock.getsockname()[1]}"
-    server = build_server(InferenceApp(store, config).build(), config, log_config=None, log_level="warning")
+    server = build_server(build_app(DataPlane(store, config)), config, log_config=None, log_level="warning")
     loops = []
 
     def run():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from modelpress.export import runtime
-from modelpress.serving.batching import BatchPolicy, Scheduler, ServerError
+from modelpress.serving.batching import BatchPolicy, Scheduler
+from modelpress.serving.errors import ServerError
 
 from .conftest import expected_logits, make_onnx
 
@@ -61,7 +62,7 @@ def test_the_queue_bound_refuses_rows_beyond_it(session):
 
 
 def test_a_retired_scheduler_sends_late_callers_back_to_the_store(session):
-    from modelpress.serving.batching import SchedulerClosed
+    from modelpress.serving.errors import SchedulerClosed
 
     async def go():
         scheduler = Scheduler([session], BatchPolicy(max_batch_size=4, dynamic=True), max_queue_rows=100)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from modelpress.serving.loadtest import HEADER
+from modelpress.loadtest import HEADER
 from modelpress.serving.protocol import binary_request
 
 from .conftest import deploy_tiny, free_port, start_server

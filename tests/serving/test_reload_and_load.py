@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from modelpress.serving import loadtest
+from modelpress import loadtest
 from modelpress.serving.protocol import binary_request, decode_infer_response
 
 from .conftest import deploy_tiny, expected_logits, start_server, stop_server

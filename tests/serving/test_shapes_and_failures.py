@@ -14,7 +14,8 @@ import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from modelpress.export import runtime
-from modelpress.serving.batching import BatchPolicy, Scheduler, ServerError
+from modelpress.serving.batching import BatchPolicy, Scheduler
+from modelpress.serving.errors import ServerError
 
 from .conftest import VOCAB, deploy_seq, in_process_server, make_seq_onnx, seq_request, start_server, stop_server
 

@@ -148,7 +148,7 @@ def test_vertex_mode_with_several_models_needs_model(tmp_path):
 def test_store_lookups_never_touch_paths(tmp_path):
     import asyncio
 
-    from modelpress.serving.protocol import ClientError
+    from modelpress.serving.errors import ClientError
     from modelpress.serving.store import ModelStore
 
     store = ModelStore(tmp_path)

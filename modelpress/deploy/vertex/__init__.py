@@ -1,0 +1,32 @@
+"""Vertex AI: everything in the library that talks to Google Cloud.
+
+Only this package (through pipelines/submit.py and the deploy-vertex step) calls Vertex.
+
+- ``checks``: settings refused before anything is sent (immutable images, display names, crons,
+  accelerators).
+- ``registry``: Model Registry upload and endpoint deploy with a canary (the deploy-vertex step).
+- ``jobs``: PipelineJobs, schedules created or updated in place, dry-run request rendering.
+- ``client``: the regional GAPIC client and the lookups they share.
+
+The names are re-exported here, so ``from modelpress.deploy import vertex; vertex.deploy(...)``
+works without knowing the split.
+"""
+
+from modelpress.deploy.vertex.checks import (GIT_SHA, check_accelerator, check_cron, check_display_name,
+                                             check_immutable, resolve_image)
+from modelpress.deploy.vertex.client import to_json
+from modelpress.deploy.vertex.jobs import (SCHEDULE_UPDATE_MASK, apply_schedule, create_pipeline_job_request,
+                                           create_schedule_request, list_schedules_request, pipeline_job,
+                                           planned_requests, schedule_resource, submit, update_schedule_request)
+from modelpress.deploy.vertex.registry import (CHAMPION_ALIAS, HEALTH_ROUTE, NEW_MODEL, OPERATION_TIMEOUT_S,
+                                               PREDICT_ROUTE, SERVE_PORT, Serving, deploy, deploy_request,
+                                               incumbent, publish, traffic_split, upload_request)
+
+__all__ = [
+    "CHAMPION_ALIAS", "GIT_SHA", "HEALTH_ROUTE", "NEW_MODEL", "OPERATION_TIMEOUT_S", "PREDICT_ROUTE",
+    "SCHEDULE_UPDATE_MASK", "SERVE_PORT", "Serving", "apply_schedule", "check_accelerator", "check_cron",
+    "check_display_name", "check_immutable", "create_pipeline_job_request", "create_schedule_request", "deploy",
+    "deploy_request", "incumbent", "list_schedules_request", "pipeline_job", "planned_requests", "publish",
+    "resolve_image", "schedule_resource", "submit", "to_json", "traffic_split", "update_schedule_request",
+    "upload_request",
+]

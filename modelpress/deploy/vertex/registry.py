@@ -1,0 +1,162 @@
+"""Model Registry upload and endpoint deploy, with a canary: what the deploy-vertex step calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from modelpress.core.errors import ModelpressError
+from modelpress.deploy.vertex.checks import check_accelerator, check_display_name, check_immutable
+from modelpress.deploy.vertex.client import client, location_parent, one_by_display_name
+
+SERVE_PORT = 8080  # what `modelpress serve` binds in Vertex mode (AIP_HTTP_PORT)
+PREDICT_ROUTE = "/predict"
+HEALTH_ROUTE = "/health"
+CHAMPION_ALIAS = "champion"
+NEW_MODEL = "0"  # the deploy request's traffic_split key for the model being deployed
+OPERATION_TIMEOUT_S = 3600  # a first endpoint deploy takes 15-30 minutes
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Where and how a blessed model is served: the `serving:` block of configs/vertex.yaml."""
+
+    serve_image: str
+    model_display_name: str
+    endpoint_display_name: str
+    machine_type: str = "n1-standard-2"
+    min_replica_count: int = 1
+    max_replica_count: int = 1
+    canary_traffic_percent: int = 100  # the new version's share; the rest stays on what serves now
+    accelerator_type: str = ""  # e.g. NVIDIA_TESLA_T4; "" for CPU serving
+    accelerator_count: int = 0
+
+    def validate(self, where: str = "serving") -> "Serving":
+        check_immutable(self.serve_image, f"{where}.serve_image")
+        check_display_name(self.model_display_name, f"{where}.model_display_name")
+        check_display_name(self.endpoint_display_name, f"{where}.endpoint_display_name")
+        if not 1 <= self.min_replica_count <= self.max_replica_count:
+            raise ModelpressError(f"{where}: replicas must satisfy 1 <= min_replica_count <= max_replica_count, "
+                                  f"got {self.min_replica_count} and {self.max_replica_count}")
+        if not 1 <= self.canary_traffic_percent <= 100:
+            raise ModelpressError(f"{where}.canary_traffic_percent must be 1-100 (100: no canary), "
+                                  f"got {self.canary_traffic_percent}")
+        check_accelerator(self.accelerator_type, self.accelerator_count, where)
+        return self
+
+
+def traffic_split(incumbent: str | None, percent: int) -> dict[str, int]:
+    """The endpoint's traffic after deploying a new model that takes `percent` of it.
+
+    The incumbent (the model deployed before it) keeps the rest; older models get none and
+    are undeployed, so at most two models serve, and cost, at a time. The next blessed
+    model makes this one the incumbent.
+    """
+    if percent >= 100 or incumbent is None:
+        return {NEW_MODEL: 100}
+    return {incumbent: 100 - percent, NEW_MODEL: percent}
+
+
+def incumbent(endpoint) -> str | None:
+    """The most recently deployed model that still takes traffic, or None."""
+    serving = [(d.create_time.timestamp() if d.create_time else 0.0, i, d.id)
+               for i, d in enumerate(endpoint.deployed_models) if endpoint.traffic_split.get(d.id, 0) > 0]
+    return max(serving)[2] if serving else None
+
+
+def upload_request(artifact_uri: str, serving: Serving, *, project: str, location: str, parent_model: str = "",
+                   labels: dict | None = None, description: str = ""):
+    """A new model (or a new version under `parent_model`), aliased champion and made the default."""
+    from google.cloud.aiplatform_v1 import types
+
+    container = types.ModelContainerSpec(image_uri=serving.serve_image, predict_route=PREDICT_ROUTE,
+                                         health_route=HEALTH_ROUTE, ports=[types.Port(container_port=SERVE_PORT)])
+    # "default" is the alias that makes a version the default one (is_default_version).
+    model = types.Model(display_name=serving.model_display_name, artifact_uri=artifact_uri,
+                        container_spec=container, version_aliases=[CHAMPION_ALIAS, "default"],
+                        labels=dict(labels or {}), description=description)
+    return types.UploadModelRequest(parent=location_parent(project, location), parent_model=parent_model,
+                                    model=model)
+
+
+def deploy_request(endpoint: str, model_version: str, serving: Serving, split: dict[str, int]):
+    from google.cloud.aiplatform_v1 import types
+
+    machine = types.MachineSpec(machine_type=serving.machine_type)
+    if serving.accelerator_type:
+        machine.accelerator_type = types.AcceleratorType[serving.accelerator_type]
+        machine.accelerator_count = serving.accelerator_count
+    resources = types.DedicatedResources(machine_spec=machine, min_replica_count=serving.min_replica_count,
+                                         max_replica_count=serving.max_replica_count)
+    deployed = types.DeployedModel(model=model_version, display_name=serving.model_display_name,
+                                   dedicated_resources=resources)
+    return types.DeployModelRequest(endpoint=endpoint, deployed_model=deployed, traffic_split=split)
+
+
+def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, labels: dict | None = None,
+           description: str = "", credentials=None, log: Callable[[str], None] = print,
+           timeout: float = OPERATION_TIMEOUT_S) -> dict:
+    """Upload `artifact_uri` (a Triton-layout repository) to the Model Registry and deploy it.
+
+    A model with the configured display name gets a new version (aliased champion, the
+    default); the endpoint is found by display name or created. The new version takes
+    `canary_traffic_percent` of the traffic, the previously deployed model the rest; older
+    models are undeployed, so their replicas stop costing money.
+    """
+    from google.cloud.aiplatform_v1 import EndpointServiceClient, ModelServiceClient, types
+
+    serving.validate()
+    parent = location_parent(project, location)
+    models = client(ModelServiceClient, location, credentials)
+    endpoints = client(EndpointServiceClient, location, credentials)
+    model_filter = f'display_name="{serving.model_display_name}"'
+    existing = one_by_display_name(list(models.list_models(
+        request=types.ListModelsRequest(parent=parent, filter=model_filter))), "model", serving.model_display_name)
+    request = upload_request(artifact_uri, serving, project=project, location=location,
+                             parent_model=existing.name if existing else "", labels=labels, description=description)
+    uploaded = models.upload_model(request=request).result(timeout=timeout)
+    version = f"{uploaded.model}@{uploaded.model_version_id}"
+    log(f"[deploy-vertex] uploaded {artifact_uri} as {version}"
+        + (" (new version of the existing model)" if existing else " (new model)"))
+
+    endpoint_filter = f'display_name="{serving.endpoint_display_name}"'
+    endpoint = one_by_display_name(list(endpoints.list_endpoints(
+        request=types.ListEndpointsRequest(parent=parent, filter=endpoint_filter))), "endpoint",
+        serving.endpoint_display_name)
+    if endpoint is None:
+        endpoint = endpoints.create_endpoint(request=types.CreateEndpointRequest(
+            parent=parent, endpoint=types.Endpoint(display_name=serving.endpoint_display_name,
+                                                   labels=dict(labels or {})))).result(timeout=timeout)
+        log(f"[deploy-vertex] created endpoint {endpoint.name}")
+    split = traffic_split(incumbent(endpoint), serving.canary_traffic_percent)
+    response = endpoints.deploy_model(request=deploy_request(endpoint.name, version, serving, split)).result(
+        timeout=timeout)
+    deployed_id = response.deployed_model.id
+    retired = [d.id for d in endpoint.deployed_models if d.id not in split]
+    for deployed_model_id in retired:
+        endpoints.undeploy_model(request=types.UndeployModelRequest(
+            endpoint=endpoint.name, deployed_model_id=deployed_model_id)).result(timeout=timeout)
+    final_split = {(deployed_id if k == NEW_MODEL else k): v for k, v in split.items()}
+    log(f"[deploy-vertex] deployed {version} to {endpoint.name} as {deployed_id}; traffic {final_split}"
+        + (f"; undeployed {retired} (no traffic left)" if retired else ""))
+    return {"model": uploaded.model, "model_version_id": uploaded.model_version_id, "model_version": version,
+            "endpoint": endpoint.name, "deployed_model_id": deployed_id, "traffic_split": final_split,
+            "undeployed": retired}
+
+
+def publish(model_dir: str, served_dir: str, served_uri: str, serving: Serving, *, project: str, location: str,
+            model_name: str, repository: str = "", labels: dict | None = None, variant: str | None = None,
+            log: Callable[[str], None] = print) -> dict:
+    """The deploy-vertex step: write the one-model repository Vertex serves (`served_dir`, whose
+    gs:// URI is `served_uri`), upload and deploy it, then record the version in `repository`
+    (where later runs read the champion) only once the deploy succeeded."""
+    from modelpress.deploy import repository as repo
+
+    meta = {"variant": variant}
+    repo.deploy(model_dir, served_dir, model_name, extra_meta=meta)
+    result = deploy(served_uri, serving, project=project, location=location, labels=labels,
+                    description=f"modelpress {model_name}: {variant or 'model'}", log=log)
+    if repository:
+        version = repo.deploy(model_dir, repository, model_name, extra_meta={**meta, **result})
+        log(f"[deploy-vertex] champion recorded as {repository}/{model_name}/{version}")
+    return result

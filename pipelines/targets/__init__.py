@@ -1,0 +1,71 @@
+"""Compile-time settings for a pipeline, and the steps that differ by target. No environment reads.
+
+One module per target holds what differs (`local.py`, `vertex.py`); each provides
+
+- ``CONFIG_KEYS``: the top-level keys of configs/<target>.yaml;
+- ``from_config(data, path, image_tag)``: the Target and the run settings that file describes;
+- ``configure(target, task)``: per-task settings beyond the image and caching every task gets;
+- ``train(target, dataset, **hyperparameters)`` and ``deploy(target, model, repository, model_name)``:
+  the steps a pipeline factory leaves to the target;
+- ``path_parameter(key, value, must_exist=...)``: what a local path given as a parameter becomes.
+
+A Target is frozen and hashable, so that what is built from it (pipelines, their signatures,
+the Vertex custom-job op) is built once per Target.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modelpress.deploy.vertex import Serving
+    from pipelines.targets.vertex import TrainingJob
+
+TARGETS = ("local", "vertex")
+
+
+def module(name: str) -> ModuleType:
+    """The module that holds target `name`'s behaviour (imported on first use: local runs never
+    import the Vertex SDKs)."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; choose one of {list(TARGETS)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str = "local"
+    image: str = "modelpress-cpu:dev"
+    cpu_limit: str = "2"
+    memory_limit: str = "8G"
+    # vertex only (read by targets/vertex.py)
+    project: str = ""
+    region: str = ""
+    service_account: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # pairs, so that a Target is hashable
+    serving: Serving | None = None
+    training_job: TrainingJob | None = None
+
+    def __post_init__(self):
+        module(self.name)  # refuses an unknown name
+
+    @property
+    def kind(self) -> ModuleType:
+        return module(self.name)
+
+    def apply(self, task, cache: bool = True):
+        """Per-task settings every step shares: the image and caching, then the target's own."""
+        task.set_container_image(self.image)
+        task.set_caching_options(cache)
+        return self.kind.configure(self, task)
+
+    def train(self, dataset, **hyperparameters):
+        """The training step: `train` locally, a distributed custom job on Vertex."""
+        return self.kind.train(self, dataset, **hyperparameters)
+
+    def deploy(self, model, repository, model_name):
+        """Deploy a blessed model: the next version of a local model repository, or a Vertex endpoint."""
+        return self.kind.deploy(self, model, repository, model_name)
