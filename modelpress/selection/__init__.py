@@ -1,2 +1,3 @@
-"""selection: measuring variants side by side (``benchmarking``, ``comparison``), choosing and
-blessing one (``decision``), the optimisation report, and retraining's challenger and scoring."""
+"""selection: measuring variants side by side (``benchmarking``: windows, percentiles, the
+machine; ``comparison``: every variant and the deployed champion on one test split), choosing
+and blessing one (``decision``), the optimisation report, and retraining's challenger."""

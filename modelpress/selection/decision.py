@@ -137,7 +137,7 @@ def select(results: dict, policy: Policy) -> dict:
                f"{policy.objective} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is within the noise "
                + (f"and smaller ({chosen['size_bytes'] / 1e3:,.1f} kB vs {best['size_bytes'] / 1e3:,.1f} kB); "
                   if chosen["size_bytes"] < best["size_bytes"] else
-                  f"as small ({chosen['size_bytes'] / 1e3:,.1f} kB) and more accurate "
+                  f"and as small ({chosen['size_bytes'] / 1e3:,.1f} kB) and more accurate "
                   f"({chosen['accuracy']:.4f} vs {best['accuracy']:.4f}); ") +
                f"{len(eligible)} variant(s) meet accuracy >= {bar:.4f}")
     decision["reason"] = why

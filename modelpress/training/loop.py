@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelpress.models import flops as flops_mod
 from modelpress import models
-from modelpress.data.dataset import Dataset, load_dataset
 from modelpress.core.errors import ModelpressError
+from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
+from modelpress.data.dataset import Dataset, load_dataset
 from modelpress.evaluation.torch_scoring import evaluate
+from modelpress.models import flops as flops_mod
 
 OPTIMISERS = ("adamw", "adam", "sgd")
 # loss(logits, y, aux) -> scalar, where aux is the batch's rows of `fit(aux=...)` (or None);
@@ -236,8 +237,6 @@ def finish(model: nn.Module, spec: dict, ds: Dataset, settings: TrainSettings, f
            fwd: int, out_dir: str, *, label: str = "train",
            log: Callable[[str], None] = print) -> dict:
     """Score the trained model on the test split, save it, and build the train result."""
-    from modelpress.core.results import ModelCard, StepResult
-
     params = models.count_params(model)
     test = evaluate(model, ds.test.x, ds.test.y, len(ds.class_names), fitted["device"])
     compute = flops_mod.training_compute(fwd, fitted["examples_per_epoch"], fitted["epochs_run"],
