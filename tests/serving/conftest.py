@@ -55,6 +55,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 @dataclass
 class Server:
     url: str
@@ -65,11 +74,7 @@ class Server:
     log: Path
 
     def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        return http_get(self.url + path)
 
     def post(self, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
         req = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method="POST")
@@ -179,11 +184,7 @@ class InProcess:
     loop: object
 
     def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        return http_get(self.url + path)
 
 
 @contextlib.contextmanager
