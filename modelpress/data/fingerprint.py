@@ -72,7 +72,7 @@ def fingerprint(source: str, *, gcs_client=None) -> str:
     if source in BUILTIN_SOURCES:  # shipped by a package: its version is its content
         import sklearn
 
-        return f"digits:scikit-learn-{sklearn.__version__}"
+        return f"{source}:scikit-learn-{sklearn.__version__}"
     if source.startswith("gs://"):
         return gcs_fingerprint(source, gcs_client)
     return local_fingerprint(Path(source))

@@ -26,6 +26,8 @@ WEIGHTS_FILE = "weights.safetensors"
 
 # ---------------------------------------------------------------------- checking args
 
+_ARGUMENTS_THAT_RUN: set[str] = set()  # (architecture, args) already built and run by check_arguments
+
 def check_arguments(architecture: str, args: dict, arch_key: str = "architecture",
                     args_key: str = "model_args") -> None:
     """Refuse an unknown architecture, or arguments it does not take, before anything runs."""
@@ -41,11 +43,15 @@ def check_arguments(architecture: str, args: dict, arch_key: str = "architecture
         raise ModelpressError(f"{args_key} {unknown} do not fit architecture {architecture!r}, which takes "
                               f"{accepted}; set {args_key} for {architecture!r} (an override of {arch_key} "
                               f"alone resets {args_key} to the architecture's defaults)")
+    key = json.dumps([architecture, args], sort_keys=True, default=str)
+    if key in _ARGUMENTS_THAT_RUN:  # a config load checks every pipeline: build each model once
+        return
     try:  # values: build and run once on a small stand-in input (images: 1x32x32)
         with torch.no_grad():
             build(make_spec(architecture, [1, 32, 32], 2, **args)).eval()(torch.zeros(2, 1, 32, 32))
     except (ModelpressError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelpressError(f"{args_key} {args} do not fit architecture {architecture!r}: {exc}") from None
+    _ARGUMENTS_THAT_RUN.add(key)
 
 
 # ----------------------------------------------------------------------- build / save
