@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all compile clean bench-compression bench-distributed serve bench-serving
+.PHONY: help install demo test test-all compile clean bench-compression bench-distributed bench-byom serve bench-serving
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -39,6 +39,9 @@ clean: ## Remove build outputs and local runs (keeps .venv)
 
 bench-compression: $(STAMP) ## Measure every compression variant of the reference model (~15 min)
 	$(PY) benchmarks/compression.py --config configs/compression.yaml
+
+bench-byom: $(STAMP) ## A torchvision ResNet-18 checkpoint through the optimise pipeline with epochs 0 (~15 min)
+	$(PY) benchmarks/byom.py
 
 bench-distributed: $(STAMP) ## DDP throughput for 1..cores processes, scaling efficiency, gradient bytes (~2 min)
 	$(PY) benchmarks/distributed.py

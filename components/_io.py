@@ -71,3 +71,28 @@ def record(result, *, artifact=None, metrics=None, classification=None) -> None:
     if classification is not None and cm:
         classification.log_confusion_matrix(cm["class_names"], cm["matrix"])
         write_json_atomic(classification.path, cm)
+
+
+def skip(step: str, reason: str, outputs, metrics=()) -> None:
+    """Write a skip note into every output folder (later steps pass it over) and an empty JSON
+    into every metrics file (without one the local cache treats the task as a miss)."""
+    from modelpress.core.results import write_skipped
+
+    for art in outputs:
+        write_skipped(art.path, step, reason)
+        art.metadata.update({"skipped": True, "reason": reason})
+    for art in metrics:
+        write_json_atomic(art.path, {})
+    print(f"[{step}] skipped: {reason}", flush=True)
+
+
+def skip_if(step: str, steps, inputs, outputs, metrics=()) -> bool:
+    """Skip `step` (see `skip`) when the recipe `steps` does not list it or one of `inputs` was
+    skipped. Returns True when it is skipped."""
+    from modelpress.compression.recipe import skip_reason
+    from modelpress.core.results import skipped
+
+    reason = skip_reason(step, steps, *(skipped(art.path) for art in inputs))
+    if reason is not None:
+        skip(step, reason, outputs, metrics)
+    return reason is not None

@@ -10,17 +10,24 @@ def make_dataset(
     source: str = "digits",
     label_column: str = "label",
     image_size: int = 0,
+    channels: int = 0,
+    normalise: str = "dataset",
+    task: str = "auto",
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     seed: int = 0,
     source_fingerprint: str = "",
 ):
-    """Load a source (digits, .csv, .npz, image folder) and write stratified splits.
+    """Load a source (digits, diabetes, .csv, .npz, image folder) and write deterministic splits.
 
     Args:
-        source: digits, a .csv or .npz file, a folder of class sub-folders; local or gs://.
-        label_column: The CSV column holding the class labels.
+        source: digits, diabetes, a .csv or .npz file, a folder of class sub-folders; local or gs://.
+        label_column: The CSV column holding the labels (class names, or numbers for regression).
         image_size: Resize images to this square size (0: keep their size).
+        channels: Image channels the model takes: 3 turns grey images into RGB, 1 RGB into grey (0: keep).
+        normalise: The input normalisation the model applies inside its graph: dataset (training-split
+            mean/std), imagenet, none, or a JSON mapping {"mean": [...], "std": [...]} in raw units.
+        task: auto (decided from the label column, and logged), classification or regression.
         val_fraction: Share of the examples in the validation split.
         test_fraction: Share of the examples in the test split.
         seed: Seed of the stratified split.
@@ -36,7 +43,9 @@ def make_dataset(
     computed, line = fingerprint.check(source, source_fingerprint)
     print(line, flush=True)
     schema = data.make_dataset(source, dataset.path, label_column=label_column, image_size=image_size,
+                               channels=channels, task=task, normalise=normalise,  # a JSON string is read too
                                val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    dataset.metadata.update({k: schema[k] for k in ("source", "task", "feature_shape", "num_classes",
-                                                     "class_names", "splits", "seed")})
+    dataset.metadata.update({k: schema[k] for k in ("source", "task", "feature_shape", "num_classes", "num_outputs",
+                                                     "class_names", "target", "preprocessing", "splits", "seed")
+                             if k in schema})
     dataset.metadata["fingerprint"] = computed

@@ -18,6 +18,8 @@ def distil(
     epochs: int = 20,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    code_dir: str = "",
+    recipe: list = ["prune", "distil", "quantise"],
 ):
     """Knowledge distillation: a small student learns the teacher's soft targets (Hinton loss).
 
@@ -32,16 +34,21 @@ def distil(
         epochs: Training epochs (no early stopping).
         learning_rate: The peak learning rate of the one-cycle schedule.
         seed: Seed of the student's initial weights and the batch order.
+        code_dir: The folder holding the student's code when student_architecture is package.module:callable.
+        recipe: The run's compression steps; without "distil" (or with a skipped teacher) the step writes a skip note.
 
     Returns:
         student: The student torch model; its metadata is the model card with the teacher's accuracy.
         metrics: Student and teacher accuracy and params, their ratios, epochs run.
         classification: The student's confusion matrix on the test split.
     """
-    from components._io import record, train_settings
+    from components._io import record, skip_if, train_settings
+
+    if skip_if("distil", recipe, [teacher], [student], [metrics, classification]):
+        return
     from modelpress.compression import distillation
 
     result = distillation.distil(teacher.path, dataset.path, student.path,
-                                 student_architecture=student_architecture, student_args=student_args,
+                                 student_architecture=student_architecture, student_args=student_args, code_dir=code_dir,
                                  temperature=temperature, alpha=alpha, settings=train_settings(locals(), patience=0))
     record(result, artifact=student, metrics=metrics, classification=classification)

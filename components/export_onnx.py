@@ -10,15 +10,18 @@ def export_onnx(
     dataset: Input[Dataset],
     onnx_model: Output[Model],
     metrics: Output[Metrics],
+    imported: Input[Model] = None,
     opset: int = 18,
     rtol: float = 1e-3,
     atol: float = 1e-4,
 ):
-    """Export a torch model to ONNX (dynamic batch), check it, and verify it against torch on test inputs.
+    """Export a torch model to ONNX (dynamic batch) and verify it against torch, or take your ONNX file.
 
     Args:
-        model: The torch model to export.
+        model: The torch model to export. When its step was skipped because the run starts from an ONNX
+            file, `imported` is checked against the dataset and becomes this step's output instead.
         dataset: The dataset artifact; its test split verifies the export and scores it.
+        imported: The ONNX file the run starts from (dsl.importer), given to the baseline's export only.
         opset: The ONNX opset to export to.
         rtol: Relative tolerance of the logits against torch's.
         atol: Absolute tolerance of the logits against torch's; any logit beyond atol + rtol * |torch|
@@ -29,7 +32,16 @@ def export_onnx(
             model card with the opset, the input a client sends, the size and the torch model it came from.
         metrics: ONNX Runtime test accuracy, the largest differences from torch, size, opset.
     """
-    from components._io import record
+    from components._io import record, skip_if
+    from modelpress.core.results import skipped
+
+    if imported is not None and skipped(model.path) and skipped(model.path).get("step") == "train":
+        from modelpress.export import onnx_import
+
+        return record(onnx_import.import_onnx(imported.path, dataset.path, onnx_model.path),
+                      artifact=onnx_model, metrics=metrics)
+    if skip_if("export-onnx", [], [model], [onnx_model], [metrics]):
+        return
     from modelpress.export import onnx_export
 
     record(onnx_export.export_onnx(model.path, dataset.path, onnx_model.path, opset=opset, rtol=rtol, atol=atol),

@@ -16,6 +16,7 @@ def prune(
     finetune_epochs: int = 5,
     learning_rate: float = 1e-3,
     seed: int = 0,
+    recipe: list = ["prune", "distil", "quantise"],
 ):
     """Prune a torch model, structured (channels removed) or unstructured (global L1), and fine-tune it.
 
@@ -30,13 +31,17 @@ def prune(
         finetune_epochs: Fine-tuning epochs (after each round, for unstructured).
         learning_rate: The peak learning rate of fine-tuning.
         seed: Seed of the fine-tuning batch order.
+        recipe: The run's compression steps; without "prune" (or with a skipped model) the step writes a skip note.
 
     Returns:
         pruned: The pruned torch model (new layer widths in spec.json when structured); its metadata is
             the model card with sparsity, pruning method and amount.
         metrics: Params, MACs and accuracy before and after, weight sparsity and non-zero weights.
     """
-    from components._io import record, train_settings
+    from components._io import record, skip_if, train_settings
+
+    if skip_if("prune", recipe, [model], [pruned], [metrics]):
+        return
     from modelpress.compression import pruning
 
     settings = train_settings(locals(), epochs=finetune_epochs, patience=0)

@@ -15,6 +15,7 @@ def quantise(
     calibration_method: str = "MinMax",
     per_channel: bool = True,
     reduce_range: str = "auto",
+    recipe: list = ["prune", "distil", "quantise"],
 ):
     """Post-training quantisation with ONNX Runtime: static-int8 (QDQ, calibrated), dynamic-int8 or fp16.
 
@@ -26,13 +27,17 @@ def quantise(
         calibration_method: Static-int8: MinMax, Entropy or Percentile.
         per_channel: Quantise weights per output channel rather than per tensor.
         reduce_range: auto (on for x86 CPUs without VNNI, where the U8S8 path can saturate), true or false.
+        recipe: The run's compression steps; without "quantise" (or with a skipped input) the step writes a skip note.
 
     Returns:
         quantised: The quantised ONNX model (model.onnx + meta.json); its metadata is the model card with
             the quantisation settings, sizes and the CPU's flags.
         metrics: Size, size ratio to the fp32 model, test accuracy and its change.
     """
-    from components._io import record
+    from components._io import record, skip_if
+
+    if skip_if("quantise", recipe, [onnx_model], [quantised], [metrics]):
+        return
     from modelpress.compression import quantisation
 
     result = quantisation.quantise(onnx_model.path, dataset.path, quantised.path, method=method,

@@ -17,19 +17,22 @@ def select(
     size_budget_bytes: int = 0,
     objective: str = "p50",
     accuracy_floor: float = 0.9,
+    rmse_ceiling: float = 0.0,
 ) -> bool:
     """Pick the best variant within the accuracy tolerance and budgets; bless it against the champion.
 
     Args:
         results: The benchmark's results JSON (every variant's figures, the champion's row included).
-        tolerance: The accuracy a variant may lose against the torch fp32 baseline (and, for the
-            blessing, against the champion).
-        tolerance_mode: absolute (accuracy points / 100) or relative (a share of the reference accuracy).
+        tolerance: The quality a variant may lose against the fp32 baseline (and, for the blessing,
+            against the champion): accuracy, or RMSE for regression.
+        tolerance_mode: absolute (accuracy points / 100, or RMSE in the target's units) or relative (a share
+            of the reference's value).
         p95_budget_ms: The most p95 batch-1 latency a variant may have, in ms (0: no budget).
         size_budget_bytes: The most bytes a variant's model file may take (0: no budget).
         objective: What the chosen variant is best at: p50, p95, size or throughput. Variants within
-            the measured noise of the best are a tie, won by the smaller, then the more accurate.
-        accuracy_floor: The least test accuracy a blessed model has, champion or not.
+            the measured noise of the best are a tie, won by the smaller, then the better on the quality metric.
+        accuracy_floor: Classification: the least test accuracy a blessed model has, champion or not.
+        rmse_ceiling: Regression: the most test RMSE a blessed model has, in the target's units (0: none).
 
     Returns:
         chosen: A copy of the chosen model with decision.json; its metadata names the variant, the

@@ -20,15 +20,20 @@ def train(
     seed: int = 0,
     patience: int = 5,
     device: str = "auto",
+    weights: str = "",
+    replace_head: bool = False,
+    code_dir: str = "",
+    onnx_model: str = "none",
 ):
-    """Train a registry model on the dataset, keeping the weights with the best validation loss.
+    """Train (from scratch or your weights) or take your trained model as it is, and score it.
 
     Args:
         dataset: The dataset artifact; trained on its train split, scored on its test split.
-        architecture: The registry architecture: mlp, cnn or mobilenet_v2.
+        architecture: A built-in (mlp, cnn, mobilenet_v2), torchvision:<name>, timm:<name>, or your
+            package.module:callable returning an nn.Module.
         model_args: The architecture's arguments, e.g. {"hidden": [64]} (mlp), {"channels": [8, 16]} (cnn),
             {"width_mult": 0.35} (mobilenet_v2).
-        epochs: The most epochs to train.
+        epochs: The most epochs to train; 0 takes the model in `weights` as it is (scored, not trained).
         batch_size: Examples per optimiser step.
         learning_rate: The peak learning rate of the one-cycle schedule.
         optimizer: adamw, adam or sgd (Nesterov momentum 0.9).
@@ -36,6 +41,11 @@ def train(
         seed: Seed of the initial weights and the batch order.
         patience: Epochs without validation-loss improvement before stopping early; 0 never stops early.
         device: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda[:N].
+        weights: Your weights to start from: a .safetensors file or a torch.save(model.state_dict()) file
+            (read with weights_only=True), local or gs://; "" starts from random weights.
+        replace_head: Swap the classifier in `weights` for one sized to the dataset's classes (fine-tune).
+        code_dir: The folder holding your package when `architecture` is package.module:callable.
+        onnx_model: The run starts from this ONNX file instead ("none": it does not); the step is skipped.
 
     Returns:
         model: The trained torch model (weights.safetensors + spec.json); its metadata is the model
@@ -44,9 +54,14 @@ def train(
             training compute (FLOPs, PF-days, achieved FLOP/s).
         classification: The confusion matrix on the test split.
     """
-    from components._io import record, train_settings
+    from components._io import record, skip, train_settings
+    from modelpress.compression.recipe import onnx_start
+
+    if onnx_start(onnx_model):
+        return skip("train", f"the run starts from the ONNX file {onnx_model}", [model], [metrics, classification])
     from modelpress import training
 
     result = training.train(dataset.path, model.path, architecture=architecture, model_args=model_args,
+                            weights=weights, replace_head=replace_head, code_dir=code_dir,
                             settings=train_settings(locals()))
     record(result, artifact=model, metrics=metrics, classification=classification)

@@ -5,12 +5,15 @@ never imports KFP: components and pipelines wrap it. Its packages, lowest first;
 only the ones before it (tests/test_layers.py walks the imports and fails otherwise)::
 
     core/         errors, atomic file I/O, CPU probing, step timing, result types (model card, variant)
-    data/         sources (digits, CSV, NPZ, image folders; local or gs://), fingerprints, the dataset artifact
-    models/       architectures, input normalisation, the torch model artifact, FLOPs
-    evaluation/   scores from logits (numpy; torch and ONNX alike), a torch model's logits
-    training/     the training loop; distributed/ (layout, launcher, stages, DDP and pipeline workers)
-    export/       the ONNX artifact and sessions (torch-free), torch-to-ONNX export and verification
-    compression/  pruning, distillation, post-training quantisation
+    data/         sources (digits, diabetes, CSV, NPZ, image folders; local or gs://), task, preprocessing,
+                  fingerprints, the dataset artifact
+    models/       built-ins, model sources (torchvision, timm, user callables), weights in, input
+                  normalisation, the torch model artifact, FLOPs
+    evaluation/   scores from outputs (accuracy, or RMSE/MAE/R²; numpy; torch and ONNX alike)
+    training/     the training loop and step (scratch, fine-tune, as-is); distributed/ (layout, launcher, stages, DDP and pipeline workers)
+    export/       the ONNX artifact and sessions (torch-free), torch-to-ONNX export and verification,
+                  importing a user's ONNX file
+    compression/  pruning, distillation, post-training quantisation, the recipe
     deploy/       the Triton-layout model repository; vertex/ (every Vertex AI request)
     selection/    benchmarking and comparison, selection and blessing, the report, retraining
     serving/      `modelpress serve`: transport-free data plane, rest/ (KServe v2, Vertex routes)

@@ -96,8 +96,9 @@ def check_parameters(values: dict, signature: dict[str, tuple[str, object]], pip
 def validate_values(values: dict) -> None:
     """Check every parameter the library knows before any step starts: one line naming the
     key and what it accepts, instead of a failure deep inside a running pipeline."""
-    from modelpress import models
-    from modelpress.compression import quantisation
+    from modelpress import data, models
+    from modelpress.compression import quantisation, recipe
+    from modelpress.data import preprocessing
     from modelpress.selection import decision
     from modelpress.training.loop import TrainSettings
 
@@ -108,9 +109,19 @@ def validate_values(values: dict) -> None:
             raise ModelpressError(f"{key} must be between 0 and 1 (exclusive), got {values[key]}")
     if "image_size" in values and values["image_size"] < 0:
         raise ModelpressError(f"image_size must be 0 (native) or positive, got {values['image_size']}")
+    if "channels" in values:
+        preprocessing.check_channels(values["channels"])
+    if "task" in values:
+        data.check_task(values["task"])
+    if "normalise" in values:
+        data.parse_normalise(values["normalise"])
+    if values.get("rmse_ceiling", 0) < 0:
+        raise ModelpressError(f"rmse_ceiling must be >= 0 (0: no ceiling), got {values['rmse_ceiling']}")
+    _check_start(values)
     for arch_key, args_key in (("architecture", "model_args"), ("student_architecture", "student_args")):
-        if arch_key in values:
-            models.check_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key)
+        if arch_key in values and not (arch_key == "architecture" and recipe.onnx_start(values.get("onnx_model"))):
+            models.check_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key,
+                                   code_dir=values.get("code_dir") or str(ROOT / "user_code"))
     if "quantisation_methods" in values:
         methods = values["quantisation_methods"]
         if not methods:
@@ -129,12 +140,27 @@ def validate_values(values: dict) -> None:
     if values.get("window_seconds", 1) <= 0:
         raise ModelpressError(f"window_seconds must be > 0, got {values['window_seconds']}")
     policy = {f.name: values[f.name] for f in fields(decision.Policy) if f.name in values}
-    if policy:
-        decision.Policy(**policy).validate()
+    if policy:  # the task: as set, or a built-in's own; "auto" on a file is known once the data step reads it
+        task = values.get("task", "auto")
+        if task == "auto":
+            task = data.BUILTIN_TASKS.get(values.get("source"))
+        decision.Policy(**policy).validate(task)
     if "model_name" in values:
         from modelpress.deploy.repository import check_name
 
         check_name(values["model_name"])
+
+
+def _check_start(values: dict) -> None:
+    """The recipe and the starting point (scratch, fine-tune, as-is, ONNX file) fit together."""
+    from modelpress.compression import recipe
+
+    if "steps" in values:
+        recipe.check_steps(values["steps"])
+    if "weights" in values or "onnx_model" in values:
+        recipe.check_start(epochs=values.get("epochs", 1), weights=values.get("weights") or "",
+                           replace_head=bool(values.get("replace_head")), onnx_model=values.get("onnx_model") or "",
+                           steps=values.get("steps", []))
 
 
 def _in_range(values: dict, key: str, low: float, high: float, *, high_open: bool = False) -> None:

@@ -29,7 +29,7 @@ _CACHE = re.compile(r"Task '?([^' ]+)'? cache hit \(key=(\w+)\)")
 _PIPE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
 # the last line of a Python traceback: "modelpress.core.errors.ModelpressError: what went wrong"
 _ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
-KEY_METRICS = ("test_accuracy", "accuracy", "max_abs_diff", "size_bytes", "samples_per_s",
+KEY_METRICS = ("test_accuracy", "accuracy", "test_rmse", "rmse", "max_abs_diff", "size_bytes", "samples_per_s",
                "training_pflop_days", "epochs_run")
 
 
@@ -209,30 +209,25 @@ def _highlights(tasks: list[dict]) -> dict:
     out = {"selected_variant": chosen.get("variant"), "blessed": sel["parameters"].get("Output"),
            "reason": chosen.get("reason"),
            "ratios": {k: v for k, v in sel["metrics"].items()
-                      if k.startswith(("speedup", "size_ratio", "accuracy", "stable_vs"))},
+                      if k.startswith(("speedup", "size_ratio", "accuracy", "rmse", "stable_vs"))},
            "report": sel["artifacts"].get("report"), "table": sel["artifacts"].get("table"),
-           "latency": _latencies(tasks, chosen.get("variant"))}
+           **_from_results(tasks, chosen.get("variant"))}
     dep = next((t for t in tasks if t["task"].startswith("deploy")), None)
     out["deployed_version"] = dep["parameters"].get("Output") if dep and dep["status"] == "SUCCESS" else None
     return out
 
 
-def _latencies(tasks: list[dict], chosen: str | None) -> dict:
-    """p50 (ms) and its instability for the chosen variant and the two baselines, from the results."""
-    from modelpress.core.results import Role
-    from modelpress.selection.decision import instability
+def _from_results(tasks: list[dict], chosen: str | None) -> dict:
+    """The benchmark's results as the summary tells them (`selection.quality.highlights`)."""
+    from modelpress.selection import quality
 
     bench = next((t for t in tasks if t["task"] in ("benchmark", "score-challenger")), None)
     uri = (bench or {}).get("artifacts", {}).get("results")
     try:
-        rows = json.loads(Path(uri).read_text())["variants"] if uri else []
+        results = json.loads(Path(uri).read_text()) if uri else {"variants": []}
+        return quality.highlights(results, chosen)
     except (OSError, ValueError, KeyError):
-        return {}
-    picked = {"chosen": next((r for r in rows if r["name"] == chosen), None),
-              "torch": next((r for r in rows if r["role"] == Role.BASELINE), None),
-              "onnx_fp32": next((r for r in rows if r["role"] == Role.BASELINE_ONNX), None)}
-    return {k: {"name": r["name"], "p50_ms": r["latency_ms"]["p50"], "unstable": instability(r)}
-            for k, r in picked.items() if r and r.get("latency_ms")}
+        return {"latency": {}}
 
 
 def _fmt(value) -> str:
@@ -243,6 +238,8 @@ def _fmt(value) -> str:
 
 def headline(res: dict) -> list[str]:
     """The speed-up lines: a ratio is headlined only when both of its figures were stable."""
+    from modelpress.selection import quality
+
     lines, r, lat = [], res.get("ratios", {}), res.get("latency", {})
     for label, key in (("torch eager fp32", "torch"), ("ONNX fp32", "onnx_fp32")):
         if f"speedup_p50_vs_{key}" not in r:
@@ -250,8 +247,7 @@ def headline(res: dict) -> list[str]:
         mine, ref = lat.get("chosen"), lat.get(key)
         figures = (f"p50 {mine['p50_ms']:.4g} ms{mine['unstable']} vs {ref['p50_ms']:.4g} ms{ref['unstable']}"
                    if mine and ref else "p50")
-        rest = (f"{r[f'size_ratio_vs_{key}']:.3f}x the size, accuracy "
-                f"{100 * r[f'accuracy_delta_vs_{key}']:+.2f} points")
+        rest = f"{r[f'size_ratio_vs_{key}']:.3f}x the size, {quality.delta_text(r, key)}"
         if r.get(f"stable_vs_{key}", 1.0):
             lines.append(f"  vs {label}: {r[f'speedup_p50_vs_{key}']:.2f}x faster ({figures}, batch 1), {rest}")
         else:
@@ -261,6 +257,8 @@ def headline(res: dict) -> list[str]:
 
 
 def format_summary(summary: dict) -> str:
+    from modelpress.selection.quality import summary_lines
+
     lines = [f"pipeline {summary['pipeline']}: {summary['status']} in {summary['seconds']:.1f}s",
              f"  {'task':<40} {'status':<8} {'seconds':>8} {'overhead':>8}  key metrics"]
     for t in summary["tasks"]:
@@ -274,6 +272,7 @@ def format_summary(summary: dict) -> str:
     if res:
         lines.append(f"selected: {res['selected_variant'] or 'nothing'}"
                      + (f" ({res['reason']})" if res.get("reason") else ""))
+        lines += summary_lines(res)
         lines += headline(res)
         lines.append(f"  report: {summary.get('report_path') or res.get('report')}")
         lines.append(f"  deployed: version {res['deployed_version']} (serve it: make serve, then see README "

@@ -3,6 +3,11 @@
 dataset -> train -> {structured prune, distil} -> export-onnx (x3)
         -> ParallelFor(quantisation methods): quantise each fp32 ONNX model
         -> benchmark (with the deployed champion) -> select -> If(blessed) -> deploy
+
+Starting points (parameters): train from scratch; fine-tune your `weights`; take them as they
+are (`epochs: 0`); or start from an ONNX file (`onnx_model`, brought in with dsl.importer: the
+torch steps are skipped and the file is the baseline). `steps` is the recipe: the compression
+steps it leaves out write skip notes, so the graph is the same for every recipe and target.
 """
 
 from kfp import dsl
@@ -26,9 +31,17 @@ def build(target: Target):
         source_fingerprint: str = "",
         label_column: str = "label",
         image_size: int = 0,
+        channels: int = 0,
+        normalise: str = "dataset",
+        task: str = "auto",
         seed: int = 0,
         architecture: str = "cnn",
         model_args: dict = {"channels": [32, 64]},
+        code_dir: str = "",
+        weights: str = "",
+        replace_head: bool = False,
+        onnx_model: str = "none",
+        steps: list = ["prune", "distil", "quantise"],
         epochs: int = 20,
         batch_size: int = 64,
         learning_rate: float = 2e-3,
@@ -50,30 +63,37 @@ def build(target: Target):
         size_budget_bytes: int = 0,
         objective: str = "p50",
         accuracy_floor: float = 0.9,
+        rmse_ceiling: float = 0.0,
         repository: str = "model_repository",
         model_name: str = "digits",
     ):
         t = target.apply
         data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
-                                   image_size=image_size, seed=seed))
+                                   image_size=image_size, channels=channels, normalise=normalise, task=task,
+                                   seed=seed))
         ds = data_task.outputs["dataset"]
-        train_task = t(train(dataset=ds, architecture=architecture, model_args=model_args, epochs=epochs,
+        # always present so the graph does not depend on the start; "none" is never read
+        onnx_in = dsl.importer(artifact_uri=onnx_model, artifact_class=dsl.Model, reimport=False)
+        onnx_in.set_display_name("import-onnx-model")
+        train_task = t(train(dataset=ds, architecture=architecture, model_args=model_args, code_dir=code_dir,
+                             weights=weights, replace_head=replace_head, onnx_model=onnx_model, epochs=epochs,
                              batch_size=batch_size, learning_rate=learning_rate, seed=seed))
         prune_task = t(prune(model=train_task.outputs["model"], dataset=ds, method="structured",
-                             amount=prune_amount, finetune_epochs=prune_finetune_epochs, seed=seed))
+                             amount=prune_amount, finetune_epochs=prune_finetune_epochs, seed=seed, recipe=steps))
         distil_task = t(distil(teacher=train_task.outputs["model"], dataset=ds,
                                student_architecture=student_architecture, student_args=student_args,
-                               temperature=temperature, alpha=alpha, epochs=distil_epochs, seed=seed))
-        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds))
+                               code_dir=code_dir, temperature=temperature, alpha=alpha, epochs=distil_epochs,
+                               seed=seed, recipe=steps))
+        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds, imported=onnx_in.output))
         export_pruned = t(export_onnx(model=prune_task.outputs["pruned"], dataset=ds))
         export_student = t(export_onnx(model=distil_task.outputs["student"], dataset=ds))
         with dsl.ParallelFor(quantisation_methods, name="quantise-methods") as method:
             q_base = t(quantise(onnx_model=export_base.outputs["onnx_model"], dataset=ds, method=method,
-                                calibration_samples=calibration_samples))
+                                calibration_samples=calibration_samples, recipe=steps))
             q_pruned = t(quantise(onnx_model=export_pruned.outputs["onnx_model"], dataset=ds, method=method,
-                                  calibration_samples=calibration_samples))
+                                  calibration_samples=calibration_samples, recipe=steps))
             q_student = t(quantise(onnx_model=export_student.outputs["onnx_model"], dataset=ds, method=method,
-                                   calibration_samples=calibration_samples))
+                                   calibration_samples=calibration_samples, recipe=steps))
         # Timings must not be cached: they describe this machine now, and the champion may have changed.
         bench = t(benchmark(
             dataset=ds, torch_model=train_task.outputs["model"], onnx_model=export_base.outputs["onnx_model"],
@@ -85,7 +105,7 @@ def build(target: Target):
             max_windows=max_windows), cache=False)
         sel = t(select(results=bench.outputs["results"], tolerance=tolerance, tolerance_mode=tolerance_mode,
                        p95_budget_ms=p95_budget_ms, size_budget_bytes=size_budget_bytes, objective=objective,
-                       accuracy_floor=accuracy_floor), cache=False)
+                       accuracy_floor=accuracy_floor, rmse_ceiling=rmse_ceiling), cache=False)
         with dsl.If(sel.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition, not Python)
             # local: the next version in `repository`; vertex: Model Registry + endpoint
             target.deploy(model=sel.outputs["chosen"], repository=repository, model_name=model_name)

@@ -26,6 +26,9 @@ def build(target: Target):
         source_fingerprint: str = "",
         label_column: str = "label",
         image_size: int = 0,
+        channels: int = 0,
+        normalise: str = "dataset",
+        task: str = "auto",
         seed: int = 0,
         warm_start: str = "",
         architecture: str = "cnn",
@@ -37,6 +40,7 @@ def build(target: Target):
         tolerance: float = 0.01,
         tolerance_mode: str = "absolute",
         accuracy_floor: float = 0.9,
+        rmse_ceiling: float = 0.0,
         threads: int = 2,
         window_seconds: float = 0.2,
         max_windows: int = 5,
@@ -47,7 +51,8 @@ def build(target: Target):
         # Not cached: a scheduled run reads the same URI after its content was refreshed, and
         # warm_start="champion" depends on what is deployed now.
         data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
-                                   image_size=image_size, seed=seed), cache=False)
+                                   image_size=image_size, channels=channels, normalise=normalise, task=task,
+                                   seed=seed), cache=False)
         ds = data_task.outputs["dataset"]
         train_task = t(train_challenger(dataset=ds, warm_start=warm_start, repository=repository,
                                         model_name=model_name, architecture=architecture,
@@ -60,7 +65,7 @@ def build(target: Target):
                                         model_name=model_name, threads=threads, window_seconds=window_seconds,
                                         max_windows=max_windows), cache=False)
         sel = t(select(results=score_task.outputs["results"], tolerance=tolerance, tolerance_mode=tolerance_mode,
-                       accuracy_floor=accuracy_floor), cache=False)
+                       accuracy_floor=accuracy_floor, rmse_ceiling=rmse_ceiling), cache=False)
         with dsl.If(sel.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition, not Python)
             target.deploy(model=sel.outputs["chosen"], repository=repository, model_name=model_name)
 

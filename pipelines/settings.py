@@ -7,6 +7,7 @@ with overrides and checks them against the pipeline's signature.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from pipelines.signature import signature
 from pipelines.targets import Target
 
 CONFIG_DIR = ROOT / "configs"
-LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start"}
-INPUT_PATH_PARAMETERS = {"source", "warm_start"}  # must exist before a run starts
-NOT_PATHS = {*BUILTIN_SOURCES, CHAMPION}  # built-in datasets; warm start from the deployed champion
+USER_CODE = ROOT / "user_code"  # your model's package; the images copy it to /opt/user_code
+LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start", "weights", "code_dir", "onnx_model"}
+INPUT_PATH_PARAMETERS = LOCAL_PATH_PARAMETERS - {"repository"}  # must exist before a run starts
+# built-in datasets; warm start from the deployed champion; no ONNX start
+NOT_PATHS = {*BUILTIN_SOURCES, CHAMPION, "none"}
 ARCHITECTURE_ARGUMENTS = (("architecture", "model_args"), ("student_architecture", "student_args"))
 
 
@@ -52,12 +55,17 @@ class TargetConfig:
             # model arguments belong to their architecture: a new one starts from its defaults
             if arch_key in overrides and args_key not in overrides and overrides[arch_key] != base.get(arch_key):
                 base[args_key] = {}
-        values = check_parameters({**base, **overrides}, sig, name)
+        merged = {**base, **overrides}
+        if isinstance(merged.get("normalise"), dict):  # {mean, std} in YAML; a JSON string parameter in KFP
+            merged["normalise"] = json.dumps(merged["normalise"])
+        values = check_parameters(merged, sig, name)
         for key in LOCAL_PATH_PARAMETERS & set(sig):
             value = str(values.get(key, sig[key][1]) or "")
             if not value or value.startswith("gs://") or value in NOT_PATHS:
                 continue
             values[key] = self.target.kind.path_parameter(key, value, must_exist=key in INPUT_PATH_PARAMETERS)
+        if "code_dir" in sig and not values.get("code_dir") and self.target.name == "local":
+            values["code_dir"] = str(USER_CODE)  # what the images put on PYTHONPATH (user_code/README.md)
         if fingerprint and "source_fingerprint" in sig and not values.get("source_fingerprint"):
             values["source_fingerprint"] = content_fingerprint(values.get("source", sig["source"][1]),
                                                                gcs_client=gcs_client)

@@ -4,7 +4,10 @@ Unstructured pruning zeroes individual weights: it buys compressed size, not spe
 dense kernels still multiply the zeros. Structured pruning removes whole channels with
 Torch-Pruning's dependency graph (residual adds, depthwise convolutions and batch norms are
 coupled), so the saved model is genuinely smaller; the new widths go into spec.json.
-Both fine-tune afterwards (train, prune, retrain: Han et al. 2015).
+Both fine-tune afterwards (train, prune, retrain: Han et al. 2015), with the dataset's task
+loss, and report the task's score (accuracy, or RMSE/MAE/R² for regression) before and after.
+The model's output layer (`models.head`) is never pruned, whatever its source (built-in,
+torchvision, timm or the user's own module).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from modelpress.evaluation.torch_scoring import evaluate
 from modelpress.training.loop import TrainSettings, fit
 
 METHODS = ("unstructured", "structured")
+WITHOUT_PRUNE = ("leave pruning out of the recipe (steps: [distil, quantise]), or try method: unstructured")
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -38,16 +42,21 @@ def _depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
 
 
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The output layer (models.head) and anything inside it: pruning leaves it whole."""
+    return list(models.head(model)[1].modules())
+
+
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The conv and linear layers global magnitude pruning may touch.
 
-    Left dense: the classifier and depthwise convolutions. Their weights are few (about 1% of
+    Left dense: the output layer and depthwise convolutions. Their weights are few (about 1% of
     a MobileNetV2) and sit on another scale than the 1x1 convolutions, so one global
     threshold zeroes whole layers of them, and the network collapses (seen: MobileNetV2 at
     60% sparsity lost every depthwise filter of its last blocks and fell to chance).
     """
-    layers = weight_layers(model)[:-1]
-    return [(n, m) for n, m in layers if not _depthwise(m)]
+    head = {id(m) for m in head_modules(model)}
+    return [(n, m) for n, m in weight_layers(model) if id(m) not in head and not _depthwise(m)]
 
 
 def weight_sparsity(model: nn.Module, layers: list[tuple[str, nn.Module]] | None = None) -> float:
@@ -57,10 +66,6 @@ def weight_sparsity(model: nn.Module, layers: list[tuple[str, nn.Module]] | None
         zeros += int((m.weight == 0).sum())
         total += m.weight.numel()
     return zeros / total if total else 0.0
-
-
-def _classifier(model: nn.Module) -> nn.Module:
-    return weight_layers(model)[-1][1]
 
 
 def cubic_target(sparsity: float, step: int, steps: int) -> float:
@@ -97,8 +102,9 @@ def check_structured_ratio(model: nn.Module, ratio: float, ignored: list[nn.Modu
     if not 0.0 <= ratio < 1.0:
         raise ModelpressError(f"pruning ratio {ratio} would remove every channel of every layer; "
                               "use a ratio in [0, 1), e.g. 0.5 for about half the channels")
+    skip = {id(m) for m in ignored}
     for name, m in weight_layers(model):
-        if m in ignored:
+        if id(m) in skip:
             continue
         width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         if int(width * (1.0 - ratio)) < 1:
@@ -107,17 +113,48 @@ def check_structured_ratio(model: nn.Module, ratio: float, ignored: list[nn.Modu
 
 
 def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float, steps: int = 1,
-                     round_to: int | None = None) -> None:
-    """Remove about `ratio` of the channels of each layer (the classifier's outputs kept)."""
+                     round_to: int | None = None, name: str = "") -> None:
+    """Remove about `ratio` of the channels of each layer (the output layer's outputs kept).
+
+    A model Torch-Pruning cannot trace or prune (data-dependent control flow, an op it does
+    not know) is a ModelpressError naming the reason and the way round it."""
     import torch_pruning as tp
 
-    ignored = [_classifier(model)]
+    ignored = head_modules(model)
     check_structured_ratio(model, ratio, ignored)
-    pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, iterative_steps=steps, ignored_layers=ignored,
-                                  round_to=round_to)
-    for _ in range(steps):
-        pruner.step()
+    what = name or type(models.unwrap(model)).__name__
+    try:
+        pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, iterative_steps=steps, ignored_layers=ignored,
+                                      round_to=round_to)
+        for _ in range(steps):
+            pruner.step()
+        with torch.no_grad():
+            model.eval()(example)  # channels removed on one side of a coupling only fail here
+    except Exception as exc:  # noqa: BLE001 -- Torch-Pruning fails in many ways on graphs it does not know
+        raise ModelpressError(f"structured pruning cannot handle {what}: Torch-Pruning failed with "
+                              f"{type(exc).__name__}: {str(exc)[:300]}; {WITHOUT_PRUNE}") from None
+
+
+def check_rebuilds(model: nn.Module, spec: dict, name: str) -> None:
+    """The pruned model is rebuilt from spec.json alone (its layer_shapes), or an error says
+    which layer's new shape spec.json cannot record."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        rebuilt = {k: tuple(v.shape) for k, v in models.build(spec).state_dict().items()}
+    except ModelpressError as exc:
+        raise ModelpressError(f"structured pruning changed {name} in a way spec.json cannot record ({exc}); "
+                              f"{WITHOUT_PRUNE}") from None
+    wrong = [f"{k}: pruned {expected[k]} vs rebuilt {rebuilt.get(k)}" for k in expected if rebuilt.get(k) != expected[k]]
+    if wrong:
+        raise ModelpressError(f"structured pruning changed layers of {name} that spec.json cannot record "
+                              f"({'; '.join(wrong[:3])}); {WITHOUT_PRUNE}")
+
+
+def _scores(model: nn.Module, ds) -> dict:
+    test = evaluate(model, ds.test.x, ds.test.y, ds.num_outputs, task=ds.task)
+    keys = ("rmse", "mae", "r2") if ds.task == "regression" else ("accuracy",)
+    return {k: test[k] for k in keys}
 
 
 @timed
@@ -136,46 +173,52 @@ def prune(model_dir: str, dataset_dir: str, out_dir: str, *, method: str = "stru
     settings = (settings or TrainSettings(epochs=3, learning_rate=1e-3)).validate()
     model, spec = models.load_model(model_dir)
     ds = load_dataset(dataset_dir)
-    n = len(ds.class_names)
-    shape = ds.feature_shape
+    shape, regression = ds.feature_shape, ds.task == "regression"
+    quality = "rmse" if regression else "accuracy"
+    label = "RMSE" if regression else "accuracy"
     before = {"params": models.count_params(model), "macs": flops_mod.forward_flops(model, shape) // 2,
-              "accuracy": evaluate(model, ds.test.x, ds.test.y, n)["accuracy"]}
+              **_scores(model, ds)}
     t0 = time.perf_counter()
     if method == "unstructured":
         rounds = prune_unstructured(model, ds, amount, steps, settings, log)
-        after_prune_acc = None
+        after_prune = None
     else:
         model.eval()
-        prune_structured(model, torch.from_numpy(ds.train.x[:2]), amount, steps=1)
+        prune_structured(model, torch.from_numpy(ds.train.x[:2]), amount, steps=1, name=spec["architecture"])
         spec = copy.deepcopy(spec)
         spec["layer_shapes"] = models.layer_shapes(model)
-        after_prune_acc = evaluate(model, ds.test.x, ds.test.y, n)["accuracy"]
+        check_rebuilds(model, spec, spec["architecture"])
+        after_prune = _scores(model, ds)
         log(f"[prune] structured ratio {amount}: params {before['params']:,} -> "
-            f"{models.count_params(model):,}; accuracy before fine-tuning {after_prune_acc:.4f}")
+            f"{models.count_params(model):,}; {label} before fine-tuning {after_prune[quality]:.4g}")
         fit(model, ds, settings, log=log, label="prune fine-tune")
         rounds = []
     seconds = time.perf_counter() - t0
     model.eval()
     after = {"params": models.count_params(model), "macs": flops_mod.forward_flops(model, shape) // 2,
-             "accuracy": evaluate(model, ds.test.x, ds.test.y, n)["accuracy"]}
+             **_scores(model, ds)}
     sparsity = weight_sparsity(model)
     nonzero = sum(int((m.weight != 0).sum()) for _, m in weight_layers(model))
     models.save_model(model, spec, out_dir, extra={
         "pruning": {"method": method, "amount": amount, "steps": steps,
-                    "finetune": asdict(settings)}, "class_names": ds.class_names})
-    log(f"[prune] {method}: accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, params "
+                    "finetune": asdict(settings)}, "class_names": ds.class_names, "task": ds.task})
+    log(f"[prune] {method}: {label} {before[quality]:.4g} -> {after[quality]:.4g}, params "
         f"{before['params']:,} -> {after['params']:,}, MACs {before['macs']:,} -> {after['macs']:,}, "
         f"weight sparsity {sparsity:.3f}, {seconds:.1f}s")
     metrics = {
         "sparsity": sparsity, "sparsity_all_weights": weight_sparsity(model, weight_layers(model)),
         "params_before": before["params"], "params_after": after["params"],
         "nonzero_weights": nonzero, "macs_before": before["macs"], "macs_after": after["macs"],
-        "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
-        "accuracy_after_finetune": after["accuracy"], "wall_seconds": seconds,
+        "wall_seconds": seconds,
     }
-    if after_prune_acc is not None:
-        metrics["accuracy_before_finetune"] = after_prune_acc
-    card = ModelCard(framework="pytorch", accuracy=after["accuracy"], class_names=ds.class_names,
+    for key in ("rmse", "mae", "r2") if regression else ("accuracy",):
+        metrics.update({f"{key}_before": before[key], f"{key}_after": after[key],
+                        f"{key}_after_finetune": after[key]})
+        if after_prune is not None:
+            metrics[f"{key}_before_finetune"] = after_prune[key]
+    scores = {"accuracy": None, "task": "regression", "scores": {k: after[k] for k in ("rmse", "mae", "r2")}} \
+        if regression else {"accuracy": after["accuracy"], "task": "classification"}
+    card = ModelCard(framework="pytorch", class_names=ds.class_names, **scores,
                      architecture=spec["architecture"], params=after["params"], flops=after["macs"] * 2,
                      extra={"sparsity": sparsity, "pruning_method": method, "pruning_amount": amount})
     return StepResult(card, metrics, extra={"rounds": rounds}).as_dict()

@@ -7,6 +7,8 @@
   MatMul-heavy models; a slowdown for convolutions, and measured as such).
 - fp16: float16 weights and compute with float32 inputs/outputs kept; meant for GPUs
   (the CPU execution provider has few fp16 kernels).
+Scored by the dataset's task: accuracy, or RMSE/MAE/R² in the target's units (a regression
+model's target de-standardisation stays fp32 with the input normalisation).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from modelpress.core.timing import timed
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.hardware import cpu_flags, cpu_model, has_vnni
-from modelpress.evaluation import score_logits
+from modelpress.evaluation import REGRESSION_SCORES, score_outputs
 
 METHODS = ("static-int8", "dynamic-int8", "fp16")
 PRECISIONS = {"static-int8": "int8", "dynamic-int8": "int8-dynamic", "fp16": "fp16"}  # the card's `precision`
@@ -120,33 +122,36 @@ def quantise(onnx_dir: str, dataset_dir: str, out_dir: str, *, method: str = "st
             settings.update(keep_io_types=True)
         for leftover in tmp.glob("*.data"):
             leftover.unlink()
+        regression = ds.task == "regression"
         try:
-            logits = runtime.run_logits(runtime.session(out), ds.test.x)
-            accuracy = score_logits(logits, ds.test.y, len(ds.class_names))["accuracy"]
+            outputs = runtime.run_logits(runtime.session(out), ds.test.x)
+            test = score_outputs(outputs, ds.test.y, ds.task, ds.num_outputs)
+            scores = {k: test[k] for k in REGRESSION_SCORES} if regression else {"accuracy": test["accuracy"]}
             note = "scored with ONNX Runtime CPUExecutionProvider"
         except ModelpressError as exc:
-            accuracy = None
+            scores = {}
             note = f"not scored: this ONNX Runtime cannot run it on the CPU ({str(exc)[:200]})"
+        accuracy = scores.get("accuracy")
         size, source_size = out.stat().st_size, source.stat().st_size
         # the fp32 card carries over (architecture, classes, input, lineage); the export's
         # verification figures describe the fp32 graph, not this one
         card = ModelCard.from_metadata(meta_in).evolve(
             drop=("size_bytes", "max_abs_diff", "max_rel_diff"), framework="onnx", precision=PRECISIONS[method],
-            accuracy=accuracy,
+            accuracy=accuracy, task=ds.task, scores=scores if regression else {},
             extra={"format": "onnx", "quantisation": settings, "size_bytes": size, "source_size_bytes": source_size,
                    "accuracy_note": note, "cpu_model": cpu_model(),
                    "cpu_flags": [f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))],
                    "onnxruntime": ort.__version__})
         write_json_atomic(tmp / runtime.META_FILE, card.file_metadata())
     seconds = time.perf_counter() - t0
-    shown = f"{accuracy:.4f}" if accuracy is not None else "n/a (" + note + ")"
+    key = "rmse" if regression else "accuracy"
+    shown = f"{scores[key]:.4g}" if scores else "n/a (" + note + ")"
     log(f"[quantise] {method}: {source_size / 1e6:.2f} MB -> {size / 1e6:.2f} MB, "
-        f"test accuracy {shown}, settings {settings}, {seconds:.1f}s")
-    metrics = {"size_bytes": size, "size_ratio": size / source_size, "wall_seconds": seconds}
-    if accuracy is not None:
-        metrics["test_accuracy"] = accuracy
-    if meta_in.get("accuracy") is not None and accuracy is not None:
-        metrics["accuracy_delta"] = accuracy - meta_in["accuracy"]
+        f"test {'RMSE' if regression else 'accuracy'} {shown}, settings {settings}, {seconds:.1f}s")
+    metrics = {"size_bytes": size, "size_ratio": size / source_size, "wall_seconds": seconds,
+               **{f"test_{k}": v for k, v in scores.items()}}
+    if scores and meta_in.get(key) is not None:  # the change from the fp32 model this came from
+        metrics[f"{key}_delta"] = scores[key] - meta_in[key]
     return StepResult(card, metrics).as_dict()
 
 

@@ -27,6 +27,7 @@ class Role(StrEnum):
 
 
 DETAIL_KEYS = ("source_spec", "versions")  # meta.json only: see ModelCard.detail
+SCORE_KEYS = ("rmse", "mae", "r2")  # evaluation.REGRESSION_SCORES (core sits below evaluation)
 
 
 @dataclass
@@ -40,8 +41,10 @@ class ModelCard:
     """
 
     framework: str | None  # "pytorch" | "onnx" (None: a card read back from metadata without it)
-    accuracy: float | None  # on the dataset's test split; None when this runtime could not score it
+    accuracy: float | None  # classification, on the dataset's test split; None when not scored or regression
     class_names: list | None
+    task: str | None = None  # "classification" | "regression" (None: classification, as before tasks)
+    scores: dict = field(default_factory=dict)  # regression: {"rmse", "mae", "r2"} on the test split
     architecture: str | None = None
     params: int | None = None
     flops: int | None = None  # forward FLOPs per example; MACs are half of them
@@ -61,7 +64,15 @@ class ModelCard:
                   "macs": self.macs, "flops": self.flops, "accuracy": self.accuracy,
                   "precision": self.precision, "input_shape": self.input_shape, "class_names": self.class_names}
         out = {k: v for k, v in common.items() if v is not None or k == "accuracy"}
-        return {**out, **self.extra}
+        if self.task:
+            out["task"] = self.task
+        return {**out, **self.scores, **self.extra}
+
+    def quality(self) -> float | None:
+        """The value the task is judged by (accuracy, or RMSE for regression); None if unscored."""
+        if (self.task or "classification") == "classification":
+            return self.accuracy
+        return self.scores.get("rmse")
 
     def file_metadata(self) -> dict:
         """The card as meta.json holds it next to the model: the metadata plus `detail`."""
@@ -70,13 +81,14 @@ class ModelCard:
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], detail_keys=DETAIL_KEYS) -> "ModelCard":
         """Read a card back from metadata or meta.json; keys it does not know go to `extra`."""
-        known = {f.name for f in fields(cls)} - {"extra", "detail"}
+        known = {f.name for f in fields(cls)} - {"extra", "detail", "scores"}
         meta = dict(meta)
+        scores = {k: meta.pop(k) for k in SCORE_KEYS if k in meta}
         flops = meta.pop("flops", None)
         macs = meta.pop("macs", None)
         args = {k: meta.pop(k) for k in list(meta) if k in known}
         detail = {k: meta.pop(k) for k in list(meta) if k in detail_keys}
-        return cls(**{"framework": None, "accuracy": None, "class_names": None, **args},
+        return cls(**{"framework": None, "accuracy": None, "class_names": None, **args}, scores=scores,
                    flops=flops if flops is not None else (None if macs is None else 2 * macs),
                    extra=meta, detail=detail)
 
@@ -141,3 +153,27 @@ class Variant:
     def as_dict(self) -> dict:
         out = {"name": self.name, "path": self.path, "kind": self.kind, "role": self.role.value}
         return out if self.metadata is None else {**out, "metadata": self.metadata}
+
+
+# ------------------------------------------------------------------------ skipped steps
+
+SKIPPED_FILE = "skipped.json"  # an output folder holding only this: the step did not run
+
+
+def write_skipped(out_dir, step: str, reason: str) -> dict:
+    """Mark `out_dir` as the output of a step the recipe or the starting point left out, so
+    the pipeline's graph stays the same for every recipe and later steps pass it over."""
+    from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
+
+    note = {"skipped": True, "step": step, "reason": reason}
+    with atomic_dir(local_path(out_dir)) as tmp:
+        write_json_atomic(tmp / SKIPPED_FILE, note)
+    return note
+
+
+def skipped(path) -> dict | None:
+    """The skip note of an output folder, or None when the step produced a real output."""
+    from modelpress.core.fileio import local_path, read_json
+
+    p = local_path(path) / SKIPPED_FILE
+    return read_json(p) if p.exists() else None

@@ -1,29 +1,36 @@
 """Datasets: load a source, split it, write and read the dataset artifact.
 
 A source is one of
-  - ``digits``: scikit-learn's bundled 8x8 handwritten digits (optionally resized);
+  - ``digits``: scikit-learn's bundled 8x8 handwritten digits (optionally resized; classification);
+  - ``diabetes``: scikit-learn's bundled diabetes progression data (10 features; regression);
   - a ``.csv`` file with numeric feature columns and a label column;
-  - a ``.npz`` file with arrays ``x`` (features) and ``y`` (labels);
+  - a ``.npz`` file with arrays ``x`` (features) and ``y`` (labels or targets);
   - a directory of images, one sub-folder per class.
 Paths may be local or ``gs://`` (read through the /gcs/ mount on Vertex).
 
 The dataset artifact is a directory holding ``train.npz``, ``validation.npz`` and
 ``test.npz`` (arrays ``x`` float32 raw features, exactly what a client would send, and
-``y`` int64 class indices) plus ``schema.json``. Every scorer reads the same ``test.npz``,
-so models are compared on the same examples. The training split's mean/std go into the
-schema, and from there into the model itself (``models.InputNormalised``), so exported and
-served models take raw features too.
+``y``: int64 class indices, or float32 targets for regression) plus ``schema.json``. Every
+scorer reads the same ``test.npz``, so models are compared on the same examples.
+Classification splits are stratified by class, regression splits by target quantile bins.
+The normalisation statistics (the training split's mean/std, a preset such as ImageNet's, or
+the user's own) go into the schema, and from there into the model itself
+(``models.InputNormalised``), so exported and served models take raw features too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import atomic_dir, local_path, read_json, write_json_atomic
-from modelpress.data.sources import describe_input, load_source
+from modelpress.data.preprocessing import check_channels, convert_channels, normalisation, parse_normalise
+from modelpress.data.sources import RawData, describe_input, load_source
+from modelpress.data.targets import (check_class_labels, check_task, regression_split_indices, regression_targets,
+                                     resolve_task, target_stats)
 
 SPLITS = ("train", "validation", "test")
 SCHEMA_VERSION = 2  # 2: splits hold raw features; the model normalises
@@ -44,7 +51,18 @@ class Dataset:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.schema["class_names"])
+        """The classes in output order; [] for regression."""
+        return list(self.schema.get("class_names") or [])
+
+    @property
+    def task(self) -> str:
+        """classification (y: int64 class indices) or regression (y: float32 targets)."""
+        return self.schema.get("task", "classification")
+
+    @property
+    def num_outputs(self) -> int:
+        """The model's output width: one logit per class, or one value for regression."""
+        return 1 if self.task == "regression" else len(self.class_names)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -73,19 +91,10 @@ def split_indices(y: np.ndarray, *, val_fraction: float, test_fraction: float,
     return {"train": np.sort(train), "validation": np.sort(val), "test": np.sort(test)}
 
 
-def make_dataset(source: str, out_dir: str, *, label_column: str = "label", image_size: int = 0,
-                 val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Load `source`, split it and write the dataset artifact to `out_dir`. Returns the schema."""
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < frac < 1.0:
-            raise ModelpressError(f"{name} must be between 0 and 1 (exclusive), got {frac}")
-    if val_fraction + test_fraction >= 0.9:
-        raise ModelpressError(f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} "
-                              "leaves under 10% for training; lower them")
-    raw = load_source(source, label_column=label_column, image_size=image_size)
-    n = len(raw.labels)
-    if n == 0:
-        raise ModelpressError(f"dataset {source} is empty")
+def _classification(raw: RawData, source: str, *, val_fraction: float, test_fraction: float,
+                    seed: int) -> tuple[np.ndarray, dict, dict]:
+    """Class indices (int64), stratified split indices and the class part of the schema."""
+    check_class_labels(raw)
     classes = _class_order(raw.labels)
     if len(classes) < 2:
         raise ModelpressError(f"dataset {source} has {len(classes)} class ({classes}); "
@@ -103,32 +112,74 @@ def make_dataset(source: str, out_dir: str, *, label_column: str = "label", imag
     try:
         parts = split_indices(y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     except ValueError as exc:  # sklearn: a split too small to hold every class
-        raise ModelpressError(f"cannot make stratified splits of {n} examples in {len(classes)} "
+        raise ModelpressError(f"cannot make stratified splits of {len(y)} examples in {len(classes)} "
                               f"classes with val_fraction {val_fraction} and test_fraction "
                               f"{test_fraction} ({exc}); raise the fractions or add examples") from None
+    return y, parts, {"class_names": classes, "num_classes": len(classes), "num_outputs": len(classes),
+                      "class_counts": counts}
+
+
+def _regression(raw: RawData, source: str, *, val_fraction: float, test_fraction: float,
+                seed: int) -> tuple[np.ndarray, dict, dict]:
+    """float32 targets, target-stratified split indices and the target part of the schema."""
+    y = regression_targets(raw)
+    try:
+        parts = regression_split_indices(y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    except ValueError as exc:  # sklearn: too few rows for three non-empty splits
+        raise ModelpressError(f"cannot split {len(y)} examples with val_fraction {val_fraction} and "
+                              f"test_fraction {test_fraction} ({exc}); add examples") from None
+    target = target_stats(raw.target_name or "target", y[parts["train"]])
+    return y, parts, {"class_names": [], "num_classes": 0, "num_outputs": 1, "class_counts": {},
+                      "target": target}
+
+
+def make_dataset(source: str, out_dir: str, *, label_column: str = "label", image_size: int = 0,
+                 channels: int = 0, normalise: str | dict = "dataset", task: str = "auto",
+                 val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
+                 log: Callable[[str], None] = print) -> dict:
+    """Load `source`, split it and write the dataset artifact to `out_dir`. Returns the schema.
+
+    `task`: auto | classification | regression (auto decides from the labels and logs why).
+    `channels`: 0 keeps the data's, 3 repeats grey into RGB, 1 turns RGB grey (luma).
+    `normalise`: dataset | imagenet | none | {"mean": [...], "std": [...]} (raw units, one per
+    channel or feature): the statistics the model applies to raw input inside its graph.
+    """
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ModelpressError(f"{name} must be between 0 and 1 (exclusive), got {frac}")
+    if val_fraction + test_fraction >= 0.9:
+        raise ModelpressError(f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} "
+                              "leaves under 10% for training; lower them")
+    task = check_task(task)
+    channels = check_channels(channels)
+    normalise = parse_normalise(normalise)
+    raw = load_source(source, label_column=label_column, image_size=image_size)
+    if len(raw.labels) == 0:
+        raise ModelpressError(f"dataset {source} is empty")
+    raw = convert_channels(raw, channels, log)
+    task = resolve_task(raw, task, log)
+    build = _regression if task == "regression" else _classification
+    y, parts, labels = build(raw, source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
     # Normalisation statistics come from the training split only. The stored features stay
     # raw: the statistics travel in the schema and the model applies them (models.py).
-    xtr = raw.x[parts["train"]]
-    axes, norm_kind = ((0, 2, 3), "per-channel") if raw.kind == "image" else ((0,), "per-feature")
-    mean = xtr.mean(axis=axes)
-    std = xtr.std(axis=axes)
-    std = np.where(std < 1e-6, 1.0, std).astype(np.float32)
+    norm = normalisation(raw, raw.x[parts["train"]], normalise, log)
+    if task == "regression":  # the model learns standardised targets and answers in target units
+        norm["target"] = {"mean": labels["target"]["mean"], "std": labels["target"]["std"]}
     x = raw.x.astype(np.float32)
 
     schema = {
         "format_version": SCHEMA_VERSION,
-        "task": "classification",
+        "task": task,
         "input_kind": raw.kind,
         "feature_shape": list(raw.x.shape[1:]),
         "dtype": "float32",
-        "class_names": classes,
-        "num_classes": len(classes),
-        "class_counts": counts,
-        "normalisation": {"kind": norm_kind, "mean": mean.astype(float).tolist(),
-                          "std": std.astype(float).tolist(),
-                          "note": "applied inside the model: (raw - mean) / std; the splits hold raw features"},
-        "input": describe_input(raw),
+        **labels,
+        "normalisation": norm,
+        "preprocessing": {"normalise": norm["preset"],
+                          "channels": int(raw.x.shape[1]) if raw.kind == "image" else None,
+                          "image_size": image_size or None},
+        "input": describe_input(raw, normalisation=norm),
         "source": source,
         "label_column": label_column if raw.kind == "tabular" and source.lower().endswith(".csv") else None,
         "image_size": image_size or None,

@@ -36,8 +36,8 @@ def local_fingerprint(path: Path) -> str:
             _hash_file(h, file)
             h.update(b"\0")
     else:
-        raise ModelpressError(f"dataset source not found: {path}. Give 'digits', an existing .csv/.npz "
-                              "file or an image folder")
+        raise ModelpressError(f"dataset source not found: {path}. Give 'digits', 'diabetes', an existing "
+                              ".csv/.npz file or an image folder")
     return "sha256:" + h.hexdigest()[:32]
 
 

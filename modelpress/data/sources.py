@@ -1,4 +1,5 @@
-"""Dataset sources: the built-in digits, CSV, NPZ and image folders, read into raw features.
+"""Dataset sources: the built-in digits and diabetes, CSV, NPZ and image folders, read into raw
+features and raw labels.
 
 Paths may be local or ``gs://`` (read through the /gcs/ mount on Vertex). Nothing is scaled or
 normalised here: the features stay what a client would send the trained model.
@@ -17,7 +18,10 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-BUILTIN_SOURCES = ("digits",)  # sources that are names, not paths
+# sources that are names, not paths, and the task each one is
+BUILTIN_TASKS = {"digits": "classification", "diabetes": "regression"}
+BUILTIN_SOURCES = tuple(BUILTIN_TASKS)
+SOURCE_HINT = "'digits', 'diabetes', a .csv or .npz file, or a folder of images with one sub-folder per class"
 
 
 @dataclass
@@ -27,22 +31,35 @@ class RawData:
     kind: str  # "image" or "tabular"
     source: str
     feature_names: list[str] | None = None  # a CSV's header, for the model's input description
+    numeric_labels: np.ndarray | None = None  # (N,) float64 when the source stores numbers (NPZ, built-ins)
+    line_numbers: np.ndarray | None = None  # (N,) a CSV row's line in the file, to name bad rows
+    pixel_scale: float | None = None  # images: the raw pixel maximum (16 digits, 255 8-bit images)
+    target_name: str | None = None  # what the label is called (CSV column, "y" in an NPZ)
+
+    def where(self, i: int) -> str:
+        """Where example `i` lives in the source, in the user's terms (line number, array index)."""
+        if self.line_numbers is not None:
+            return f"{self.source} line {int(self.line_numbers[i])}"
+        if self.source.lower().endswith(".npz"):
+            return f"{self.source} y[{i}]"
+        return f"{self.source} example {i}"
 
 
 def load_source(source: str, *, label_column: str = "label", image_size: int = 0) -> RawData:
     """Read a source into float32 raw features and raw labels; no scaling, no normalisation."""
     if not isinstance(source, str) or not source.strip():
-        raise ModelpressError("dataset source is empty: use 'digits', a .csv or .npz file, "
-                              "or a folder of images with one sub-folder per class")
+        raise ModelpressError(f"dataset source is empty: use {SOURCE_HINT}")
     if image_size < 0:
         raise ModelpressError(f"image_size must be 0 (keep native size) or a positive "
                               f"number of pixels, got {image_size}")
     if source == "digits":
         return _load_digits(image_size)
+    if source == "diabetes":
+        return _load_diabetes()
     path = local_path(source)
     if not path.exists():
         raise ModelpressError(f"dataset source not found: {source} (looked at {path}). "
-                              "Give 'digits', an existing .csv/.npz file or an image folder.")
+                              f"Give {SOURCE_HINT}.")
     if path.is_dir():
         return _load_image_folder(path, image_size, source)
     suffix = path.suffix.lower()
@@ -50,8 +67,8 @@ def load_source(source: str, *, label_column: str = "label", image_size: int = 0
         return _load_csv(path, label_column, source)
     if suffix == ".npz":
         return _load_npz(path, image_size, source)
-    raise ModelpressError(f"cannot tell the format of {source}: expected 'digits', a file "
-                          "ending in .csv or .npz, or a directory of class sub-folders")
+    raise ModelpressError(f"cannot tell the format of {source}: expected 'digits', 'diabetes', "
+                          "a file ending in .csv or .npz, or a directory of class sub-folders")
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -73,7 +90,21 @@ def _load_digits(image_size: int) -> RawData:
     if image_size and image_size != x.shape[-1]:
         x = _resize(x, image_size)
     labels = np.array([str(int(t)) for t in bunch.target])
-    return RawData(x=x, labels=labels, kind="image", source="digits")
+    return RawData(x=x, labels=labels, kind="image", source="digits",
+                   numeric_labels=bunch.target.astype(np.float64), pixel_scale=16.0, target_name="digit")
+
+
+def _load_diabetes() -> RawData:
+    """scikit-learn's bundled diabetes data: 442 patients, 10 baseline measurements in their own
+    units (age in years, sex 1/2, BMI, ...; not scikit-learn's pre-scaled copy, so a client sends
+    what it measures) and a disease-progression score a year later."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes(scaled=False)
+    target = bunch.target.astype(np.float64)
+    return RawData(x=bunch.data.astype(np.float32), labels=np.array([repr(float(t)) for t in target]),
+                   kind="tabular", source="diabetes", feature_names=list(bunch.feature_names),
+                   numeric_labels=target, target_name="target")
 
 
 def _load_csv(path: Path, label_column: str, source: str) -> RawData:
@@ -91,7 +122,7 @@ def _load_csv(path: Path, label_column: str, source: str) -> RawData:
         feature_names = [h for i, h in enumerate(header) if i != label_idx]
         if not feature_names:
             raise ModelpressError(f"{source} has only the label column; it needs feature columns")
-        rows, labels = [], []
+        rows, labels, line_numbers = [], [], []
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -115,10 +146,12 @@ def _load_csv(path: Path, label_column: str, source: str) -> RawData:
                 values.append(v)
             rows.append(values)
             labels.append(row[label_idx].strip())
+            line_numbers.append(line_no)
     if not rows:
         raise ModelpressError(f"{source} has a header but no data rows")
     return RawData(x=np.asarray(rows, dtype=np.float32), labels=np.asarray(labels),
-                   kind="tabular", source=source, feature_names=feature_names)
+                   kind="tabular", source=source, feature_names=feature_names,
+                   line_numbers=np.asarray(line_numbers), target_name=label_column)
 
 
 def _load_npz(path: Path, image_size: int, source: str) -> RawData:
@@ -139,8 +172,11 @@ def _load_npz(path: Path, image_size: int, source: str) -> RawData:
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ModelpressError(f"{source}: 'y' must be 1-D with one label per row of 'x' "
                               f"(x has {x.shape[0]} rows, y has shape {y.shape})")
+    numeric_y = (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) and not np.issubdtype(
+        y.dtype, np.complexfloating)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise ModelpressError(f"{source}: 'x' has dtype {x.dtype}; features must be real numbers")
+    integer_pixels = np.issubdtype(x.dtype, np.integer)
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
@@ -156,7 +192,23 @@ def _load_npz(path: Path, image_size: int, source: str) -> RawData:
     else:
         raise ModelpressError(f"{source}: 'x' has shape {x.shape}; expected (N, features), "
                               "(N, H, W) or (N, C, H, W)")
-    return RawData(x=x, labels=np.asarray([str(v) for v in y.tolist()]), kind=kind, source=source)
+    return RawData(x=x, labels=np.asarray([str(v) for v in y.tolist()]), kind=kind, source=source,
+                   numeric_labels=y.astype(np.float64) if numeric_y else None,
+                   pixel_scale=_pixel_scale(x, integer_pixels) if kind == "image" else None, target_name="y")
+
+
+def _pixel_scale(x: np.ndarray, integer_pixels: bool) -> float | None:
+    """The raw maximum of an NPZ's pixel range, guessed from its values: [0, 1] floats, 8-bit or
+    16-bit integers; None when it fits none of them (then only explicit statistics apply)."""
+    low, high = float(x.min()), float(x.max())
+    if low < 0:
+        return None
+    if high <= 1.0 and not integer_pixels:
+        return 1.0
+    for scale in (255.0, 65535.0):
+        if high <= scale:
+            return scale
+    return None
 
 
 def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
@@ -193,11 +245,13 @@ def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
             im = im.resize((image_size, image_size), Image.BILINEAR)
         a = np.asarray(im, dtype=np.float32)  # 0..255, as a client decodes the image
         arrays.append(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])
-    return RawData(x=np.stack(arrays), labels=np.asarray(labels), kind="image", source=source)
+    return RawData(x=np.stack(arrays), labels=np.asarray(labels), kind="image", source=source,
+                   pixel_scale=255.0, target_name="class folder")
 
 
-def describe_input(raw: RawData) -> dict:
-    """What a client sends the trained model: shape, dtype, value range, layout, channels."""
+def describe_input(raw: RawData, *, normalisation: dict | None = None) -> dict:
+    """What a client sends the trained model: shape, dtype, value range, layout, channels, and
+    (given the schema's normalisation) what the model does with it inside."""
     info = {"dtype": "float32", "shape": [-1, *raw.x.shape[1:]],
             "value_range": [float(raw.x.min()), float(raw.x.max())],
             "preprocessing": "none: send raw features; the model normalises them inside its graph"}
@@ -210,4 +264,11 @@ def describe_input(raw: RawData) -> dict:
         info["layout"] = "NF (rows of features)"
         if raw.feature_names:
             info["feature_names"] = list(raw.feature_names)
+    if normalisation:
+        preset = normalisation.get("preset", "dataset")
+        stats = {"dataset": "the training split's mean/std", "none": "none (mean 0, std 1)",
+                 "custom": "the configured mean/std",
+                 "imagenet": f"ImageNet's mean/std scaled to raw pixels 0..{normalisation.get('pixel_scale', 1):g}"}
+        info["normalisation"] = (f"inside the model: (x - mean) / std with {stats.get(preset, preset)}, "
+                                 f"per {'channel' if raw.kind == 'image' else 'feature'}")
     return info

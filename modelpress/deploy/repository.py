@@ -89,6 +89,7 @@ def describe_for_clients(meta: dict) -> dict[str, str]:
            for k, v in info.items() if k not in ("name", "datatype", "shape")}
     if meta.get("class_names"):
         out["class_names"] = json.dumps(list(meta["class_names"]))
+    out["task"] = meta.get("task") or "classification"
     return out
 
 

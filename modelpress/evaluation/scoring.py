@@ -1,9 +1,51 @@
-"""Scores on a split from logits, whichever runtime produced them: numpy only, so ONNX steps
-(quantisation, benchmarking, serving checks) score without importing torch."""
+"""Scores on a split from a model's outputs, whichever runtime produced them: numpy only, so
+ONNX steps (quantisation, benchmarking, serving checks) score without importing torch.
+
+Two tasks: classification (outputs are logits, one column per class; headline: accuracy)
+and regression (one output column; headline: RMSE, lower is better). `score_outputs` is the
+one entry point; `quality_metric(task)` says which score a task is judged by and which way
+is better, so selection, blessing and the reports read one value whatever the task.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from modelpress.core.errors import ModelpressError
+
+TASKS = ("classification", "regression")
+REGRESSION_SCORES = ("rmse", "mae", "r2")
+
+
+@dataclass(frozen=True)
+class QualityMetric:
+    name: str  # the key in a score dict and in model metadata
+    higher_is_better: bool
+    label: str  # how reports and logs name it
+
+    def better(self, a: float, b: float) -> bool:
+        """True when `a` is strictly better than `b`."""
+        return a > b if self.higher_is_better else a < b
+
+    def loss_of(self, reference: float, value: float) -> float:
+        """How much worse `value` is than `reference` (positive: worse), in the metric's units."""
+        return reference - value if self.higher_is_better else value - reference
+
+
+QUALITY = {"classification": QualityMetric("accuracy", True, "accuracy"),
+           "regression": QualityMetric("rmse", False, "RMSE")}
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ModelpressError(f"task must be one of {list(TASKS)} (or 'auto' for the dataset step), got {task!r}")
+    return task
+
+
+def quality_metric(task: str | None) -> QualityMetric:
+    return QUALITY[check_task(task or "classification")]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
@@ -25,3 +67,24 @@ def score_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     loss = cross_entropy(logits, y)
     return {"accuracy": float((pred == y).mean()), "loss": loss,
             "confusion_matrix": confusion_matrix(y, pred, num_classes)}
+
+
+def score_regression(outputs: np.ndarray, y: np.ndarray) -> dict:
+    """RMSE, MAE and R² of one-column predictions; `loss` is the MSE (what training minimises)."""
+    pred = np.asarray(outputs, dtype=np.float64).reshape(len(y), -1)
+    if pred.shape[1] != 1:
+        raise ModelpressError(f"a regression model has one output per example; this one gives {pred.shape[1]}")
+    err = pred[:, 0] - np.asarray(y, dtype=np.float64)
+    mse = float(np.mean(err ** 2))
+    total = float(np.sum((y - np.mean(y)) ** 2))
+    r2 = 1.0 - float(np.sum(err ** 2)) / total if total > 0 else 0.0
+    return {"rmse": mse ** 0.5, "mae": float(np.mean(np.abs(err))), "r2": r2, "loss": mse}
+
+
+def score_outputs(outputs: np.ndarray, y: np.ndarray, task: str = "classification",
+                  num_classes: int | None = None) -> dict:
+    """The task's scores: classification {accuracy, loss, confusion_matrix};
+    regression {rmse, mae, r2, loss}."""
+    if check_task(task) == "regression":
+        return score_regression(outputs, y)
+    return score_logits(outputs, y, int(num_classes if num_classes is not None else outputs.shape[1]))

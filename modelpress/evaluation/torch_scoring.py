@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelpress.evaluation.scoring import score_logits
+from modelpress.evaluation.scoring import score_outputs
 
 
 @torch.no_grad()
@@ -23,5 +23,6 @@ def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device | str =
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int,
-             device: torch.device | str = "cpu") -> dict:
-    return score_logits(predict_logits(model, x, device), y, num_classes)
+             device: torch.device | str = "cpu", task: str = "classification") -> dict:
+    """The task's scores (scoring.score_outputs) of `model` on (x, y)."""
+    return score_outputs(predict_logits(model, x, device), y, task, num_classes)

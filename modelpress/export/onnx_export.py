@@ -1,4 +1,8 @@
-"""Export a torch model artifact to ONNX (checked, verified against torch by `verify`), with its card."""
+"""Export a torch model artifact to ONNX (checked, verified against torch by `verify`), with its card.
+
+Any model a spec builds exports the same way (built-in, torchvision, timm, the user's own
+module): torch.export (dynamo) with a dynamic batch dimension, scored by the dataset's task.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.timing import timed
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
 from modelpress.core.results import ModelCard, StepResult
-from modelpress.evaluation import score_logits
+from modelpress.evaluation import REGRESSION_SCORES, score_outputs
 
 OPSET = 18  # the torch exporter's own op library targets 18: no version conversion
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = "logits"  # the one output (class logits, or the regression value), as serving names it
 
 
 def export_model(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int = OPSET) -> None:
@@ -74,10 +78,12 @@ def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = 
         runtime.check_onnx(path)
         sess = runtime.session(path)
         checked = verify.against_torch(model, sess, ds.test.x[:max(2, verify_samples)], rtol=rtol, atol=atol)
-        test = score_logits(runtime.run_logits(sess, ds.test.x), ds.test.y, len(ds.class_names))
+        test = score_outputs(runtime.run_logits(sess, ds.test.x), ds.test.y, ds.task, ds.num_outputs)
+        regression = ds.task == "regression"
+        scores = {k: test[k] for k in REGRESSION_SCORES} if regression else {}
         card = ModelCard(
-            framework="onnx", accuracy=test["accuracy"], class_names=ds.class_names,
-            architecture=spec["architecture"], params=models.count_params(model),
+            framework="onnx", accuracy=None if regression else test["accuracy"], class_names=ds.class_names,
+            task=ds.task, scores=scores, architecture=spec["architecture"], params=models.count_params(model),
             flops=flops_mod.forward_flops(model, ds.feature_shape), input_shape=[-1, *ds.feature_shape],
             extra={"format": "onnx", "opset": opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                    "input": input_description(ds.schema, spec), **checked, "size_bytes": path.stat().st_size,
@@ -88,9 +94,11 @@ def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = 
         write_json_atomic(tmp / runtime.META_FILE, card.file_metadata())
     seconds = time.perf_counter() - t0
     size = card.extra["size_bytes"]
+    quality = (f"RMSE {test['rmse']:.4g}" if regression else f"accuracy {test['accuracy']:.4f}")
     log(f"[export-onnx] opset {opset}, {size / 1e6:.2f} MB, max abs diff {checked['max_abs_diff']:.2e}, "
-        f"ONNX Runtime test accuracy {test['accuracy']:.4f}, {seconds:.1f}s")
-    metrics = {"test_accuracy": test["accuracy"], "max_abs_diff": checked["max_abs_diff"],
+        f"ONNX Runtime test {quality}, {seconds:.1f}s")
+    scored = {f"test_{k}": v for k, v in scores.items()} if regression else {"test_accuracy": test["accuracy"]}
+    metrics = {**scored, "max_abs_diff": checked["max_abs_diff"],
                "max_rel_diff": checked["max_rel_diff"], "size_bytes": size, "opset": opset,
                "export_seconds": seconds}
     return StepResult(card, metrics).as_dict()

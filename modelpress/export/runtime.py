@@ -17,7 +17,7 @@ from modelpress.core.fileio import local_path, read_json
 ONNX_FILE = "model.onnx"
 META_FILE = "meta.json"
 # Names of the input normalisation's constants (models.InputNormalised's buffers) in exported graphs.
-NORMALISATION_CONSTANTS = ("mean", "inv_std")
+NORMALISATION_CONSTANTS = ("mean", "inv_std", "target_mean", "target_std")
 
 
 def onnx_file(path: str | os.PathLike) -> Path:

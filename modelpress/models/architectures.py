@@ -23,7 +23,8 @@ def register(name: str):
 def factory(name: str, key: str = "architecture") -> Callable[..., nn.Module]:
     """The builder registered as `name`; `key` names the setting in the error."""
     if name not in _REGISTRY:
-        raise ModelpressError(f"{key}: unknown architecture {name!r}; choose one of {architectures()}")
+        raise ModelpressError(f"{key}: unknown architecture {name!r}; choose one of {architectures()}, or name "
+                              "torchvision:<name>, timm:<name> or your own package.module:callable")
     return _REGISTRY[name]
 
 
@@ -170,13 +171,15 @@ def _require_image(input_shape, name):
 # ---------------------------------------------------------------------- normalisation
 
 class InputNormalised(nn.Module):
-    """(raw - mean) / std in front of the network, so the model takes raw features.
+    """(raw - mean) / std in front of the network, so the model takes raw features; for
+    regression also ``output * target_std + target_mean`` behind it, so the network learns
+    standardised targets and the model answers in the target's own units.
 
     The statistics are non-persistent buffers rebuilt from the spec: the weights file holds
     only what training learnt, and the export folds them into the graph as constants.
     """
 
-    def __init__(self, net: nn.Module, mean, std, kind: str):
+    def __init__(self, net: nn.Module, mean, std, kind: str, target: dict | None = None):
         super().__init__()
         if kind not in ("per-channel", "per-feature"):
             raise ModelpressError(f"normalisation kind must be per-channel or per-feature, got {kind!r}")
@@ -187,9 +190,14 @@ class InputNormalised(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).reshape(shape),
                              persistent=False)
+        self.has_target = bool(target)
+        if target:
+            self.register_buffer("target_mean", torch.tensor(float(target["mean"])), persistent=False)
+            self.register_buffer("target_std", torch.tensor(float(target["std"])), persistent=False)
 
     def forward(self, x):
-        return self.net((x - self.mean) * self.inv_std)
+        out = self.net((x - self.mean) * self.inv_std)
+        return out * self.target_std + self.target_mean if self.has_target else out
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,9 +1,12 @@
 """Benchmark a set of model variants side by side on the same test split.
 
-Every variant is scored on the dataset artifact's test split, sized on disk, and timed at
-batch 1 (measurement windows with a stability rule, variants interleaved) and at a
-throughput batch. ONNX variants run in ONNX Runtime on the CPU; the torch eager fp32
-model is the baseline. With a CUDA GPU, torch on cuda (fp32, fp16, torch.compile with
+Every variant is scored on the dataset artifact's test split with the task's scores
+(accuracy; or RMSE, MAE and R² for regression), sized on disk, and timed at batch 1
+(measurement windows with a stability rule, variants interleaved) and at a throughput
+batch. ONNX variants run in ONNX Runtime on the CPU; the torch eager fp32 model is the
+baseline, or with no torch model (an ONNX start) the ONNX fp32 export. Variants whose
+step the recipe left out (a skipped output folder) are left out, and the results say so.
+With a CUDA GPU, torch on cuda (fp32, fp16, torch.compile with
 CUDA graphs) is measured too, and the ONNX Runtime CUDA provider when this build has it.
 """
 
@@ -24,10 +27,11 @@ from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path, write_json_atomic, write_text_atomic
 from modelpress.core.hardware import cpu_flags
-from modelpress.core.results import Role, StepResult, Variant
+from modelpress.core.results import Role, StepResult, Variant, skipped
+from modelpress.selection import quality
 from modelpress.selection.report import render_html, stability_label
 from modelpress.models.flops import forward_flops
-from modelpress.evaluation import confusion_matrix
+from modelpress.evaluation import quality_metric, score_outputs
 from modelpress.evaluation.torch_scoring import predict_logits
 
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "avx": 16}  # fp32, two FMA units per core
@@ -66,33 +70,64 @@ def deployed_champion(champion_repository: str, model_name: str) -> Path | None:
     return repository.latest(champion_repository, model_name) if champion_repository else None
 
 
+ABSOLUTE_BAR = {"classification": "the accuracy floor", "regression": "the RMSE ceiling"}
+
+
 def with_champion(variants: list, champion_repository: str, model_name: str, *,
-                  log: Callable[[str], None] = print, label: str = "benchmark") -> list[Variant]:
+                  log: Callable[[str], None] = print, label: str = "benchmark",
+                  task: str = "classification") -> list[Variant]:
     """`variants` and, when `model_name` is deployed in `champion_repository`, its latest version
     in the champion role: the optimise and retraining runs measure it beside their candidates."""
     out = [Variant.of(v) for v in variants]
     champion = deployed_champion(champion_repository, model_name)
     if champion is None:
         log(f"[{label}] no champion {model_name!r} in {champion_repository or '(no repository)'}: "
-            "the accuracy floor alone decides")
+            f"{ABSOLUTE_BAR.get(task, 'the absolute bar')} alone decides")
         return out
     return [*out, Variant(f"champion v{champion.name}", str(champion), "onnx", Role.CHAMPION)]
 
 
-def optimisation_variants(torch_model: str, onnx_model: str, pruned_onnx: str, student_onnx: str,
-                          quantised=(), quantised_pruned=(), quantised_student=()) -> list[Variant]:
+def optimisation_variants(torch_model: str | None, onnx_model: str, pruned_onnx: str | None = None,
+                          student_onnx: str | None = None, quantised=(), quantised_pruned=(),
+                          quantised_student=()) -> list[Variant]:
     """The optimise run's variants: both fp32 baselines, the pruned and distilled exports, and
     each quantised model of each, named by its method ("pruned static-int8"). A quantised model
-    is a (path, artifact metadata) pair; its metadata names the method."""
-    variants = [Variant("torch eager fp32", torch_model, "torch", Role.BASELINE),
-                Variant("onnx fp32", onnx_model, "onnx", Role.BASELINE_ONNX),
-                Variant("pruned fp32", pruned_onnx, "onnx"),
-                Variant("student fp32", student_onnx, "onnx")]
+    is a (path, artifact metadata) pair; its metadata names the method.
+
+    A path that is None or "" is no variant (no torch model: the run started from ONNX). A
+    skipped output folder (the recipe left its step out) stays in the list: `benchmark`
+    leaves it out and says so, in the log and in the results."""
+    variants = [Variant(name, path, kind, role) for name, path, kind, role in (
+        ("torch eager fp32", torch_model, "torch", Role.BASELINE),
+        ("onnx fp32", onnx_model, "onnx", Role.BASELINE_ONNX),
+        ("pruned fp32", pruned_onnx, "onnx", Role.CANDIDATE),
+        ("student fp32", student_onnx, "onnx", Role.CANDIDATE)) if path]
     for prefix, group in (("", quantised), ("pruned ", quantised_pruned), ("student ", quantised_student)):
-        for path, metadata in group:
-            method = metadata.get("quantisation", {}).get("method", "quantised")
+        for i, (path, metadata) in enumerate(group):
+            metadata = dict(metadata or {})
+            method = (metadata.get("quantisation") or {}).get("method")
+            if method is None:  # a skipped step's folder names no method; keep the names unique
+                method = f"quantised {i + 1}" if len(group) > 1 else "quantised"
             variants.append(Variant(f"{prefix}{method}".strip(), path, "onnx", metadata=metadata))
     return variants
+
+
+def present(variants: list, log: Callable[[str], None] = print) -> tuple[list[Variant], list[dict]]:
+    """(the variants to measure, the ones left out): a variant whose folder is a skipped step's
+    output is left out, one log line per step and reason naming them."""
+    kept, left_out = [], []
+    for v in (Variant.of(v) for v in variants):
+        note = skipped(v.path)
+        if note is None:
+            kept.append(v)
+        else:
+            left_out.append({"name": v.name, "step": note.get("step"), "reason": note.get("reason")})
+    groups: dict[tuple, list[str]] = {}
+    for item in left_out:
+        groups.setdefault((item["step"], item["reason"]), []).append(item["name"])
+    for (step, reason), names in groups.items():
+        log(f"[benchmark] left out {', '.join(names)}: the {step} step was skipped ({reason})")
+    return kept, left_out
 
 
 def summary(results: dict, figures: dict) -> dict:
@@ -106,18 +141,20 @@ def benchmark_optimisation(variants: list, dataset_dir: str, out_json: str, repo
                            throughput_batch: int = 64, window_seconds: float = 0.5, max_windows: int = 10,
                            log: Callable[[str], None] = print) -> dict:
     """The optimise run's benchmark step: `variants` and the deployed champion measured, the
-    results JSON and the HTML report written; returns the step's record (p50 and accuracy per
-    measured variant)."""
-    results = benchmark(with_champion(variants, champion_repository, model_name, log=log), dataset_dir,
+    results JSON and the HTML report written; returns the step's record (p50 and the quality
+    metric, accuracy or rmse, per measured variant)."""
+    task = load_dataset(dataset_dir).task
+    results = benchmark(with_champion(variants, champion_repository, model_name, log=log, task=task), dataset_dir,
                         out_json, threads=threads, throughput_batch=throughput_batch,
                         window_seconds=window_seconds, max_windows=max_windows, log=log)
     write_text_atomic(report_html, render_html(results, title="modelpress benchmark"))
     figures = {"variants": len(results["variants"])}
+    metric = quality.metric_of(results).name
     for row in results["variants"]:
         if row.get("latency_ms"):
             key = row["name"].replace(" ", "_").replace("-", "_")
             figures[f"{key}_p50_ms"] = row["latency_ms"]["p50"]
-            figures[f"{key}_accuracy"] = row["accuracy"]
+            figures[f"{key}_{metric}"] = row[metric]
     return summary(results, figures)
 
 
@@ -162,20 +199,24 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
     import onnxruntime as ort
     import torch
 
+    variants, left_out = present(variants, log)
     if not variants:
-        raise ModelpressError("nothing to benchmark: the variant list is empty")
-    variants = [Variant.of(v) for v in variants]
+        raise ModelpressError("nothing to benchmark: the variant list is empty"
+                              + (" (every variant's step was skipped)" if left_out else ""))
+    if not any(v.role == Role.BASELINE for v in variants):
+        log(f"[benchmark] {quality.NO_TORCH}: the ONNX fp32 export sets the quality bar and is the latency reference")
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ModelpressError(f"variant names must be unique, got {names}")
     t_start = time.perf_counter()
     ds = load_dataset(dataset_dir)
-    n_classes = len(ds.class_names)
+    task, metric = ds.task, quality_metric(ds.task)
+    unscored = dict.fromkeys(quality.score_names(task))  # a row that could not run: every score None
     torch.set_num_threads(threads)
     rows, runners, gpu_source = [], {}, None
     for v in variants:
         file = _variant_file(v)
-        row = {"name": v.name, "role": v.role.value, "kind": v.kind,
+        row = {"name": v.name, "role": v.role.value, "kind": v.kind, "task": task,
                "path": str(local_path(v.path)), "file": str(file), "sha256": sha256(file),
                **benchmarking.file_sizes(file), "runtime": None, "note": None}
         meta = dict(v.metadata or {})
@@ -198,12 +239,19 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
                 runner = benchmarking.onnx_runner(sess)
             except ModelpressError as exc:
                 row["note"] = f"not runnable with this ONNX Runtime on the CPU: {str(exc)[:200]}"
-                rows.append({**row, "accuracy": None, "latency_ms": None, "throughput_per_s": None})
+                rows.append({**row, **unscored, "latency_ms": None, "throughput_per_s": None})
                 log(f"[benchmark] {v.name}: {row['note']}")
                 continue
-        pred = logits.argmax(1)
-        row["accuracy"] = float((pred == ds.test.y).mean())
-        row["confusion_matrix"] = confusion_matrix(ds.test.y, pred, n_classes)
+        try:
+            scores = score_outputs(logits, ds.test.y, task, ds.num_outputs)
+        except ModelpressError as exc:  # e.g. a champion deployed for another task: noted, never chosen
+            row["note"] = f"cannot be scored on this {task} dataset: {str(exc)[:200]}"
+            rows.append({**row, **unscored, "latency_ms": None, "throughput_per_s": None})
+            log(f"[benchmark] {v.name}: {row['note']}")
+            continue
+        row.update({k: scores[k] for k in quality.score_names(task)})
+        if "confusion_matrix" in scores:
+            row["confusion_matrix"] = scores["confusion_matrix"]
         runners[v.name] = runner
         rows.append(row)
     log(f"[benchmark] {len(runners)} variants on the CPU with {threads} thread(s): batch-1 latency in "
@@ -227,9 +275,10 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
             row["achieved_flops_per_s"] = achieved
             row["peak_share"] = achieved / peak["flops_per_s"] if peak else None
     gpu = []
-    if torch.cuda.is_available() and gpu_source is not None:
+    if torch.cuda.is_available():
         log(f"[benchmark] CUDA GPU: {torch.cuda.get_device_name(0)}")
-        g_runners = _gpu_runners(gpu_source, x1, log)
+        # torch on cuda needs the torch model; an ONNX start has ONNX Runtime's CUDA path only
+        g_runners = _gpu_runners(gpu_source, x1, log) if gpu_source is not None else {}
         if "CUDAExecutionProvider" in ort.get_available_providers():
             fp32 = next((v for v in variants if v.kind == "onnx" and v.role == Role.BASELINE_ONNX), None)
             if fp32:
@@ -238,12 +287,13 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
         else:
             log("[benchmark] this ONNX Runtime has no CUDAExecutionProvider: its CUDA path is not measured")
         g_lat = benchmarking.measure_windows(g_runners, x1, window_seconds=window_seconds,
-                                             max_windows=max_windows, log=log)
-        g_thr = benchmarking.measure_throughput(g_runners, xb, rounds=3, iters=3)
+                                             max_windows=max_windows, log=log) if g_runners else {}
+        g_thr = benchmarking.measure_throughput(g_runners, xb, rounds=3, iters=3) if g_runners else {}
         gpu = [{"name": k, "latency_ms": {a: b for a, b in g_lat[k].items() if a != "window_p50_ms"},
                 "throughput_per_s": g_thr[k]} for k in g_runners]
     seconds = time.perf_counter() - t_start
-    result = {"variants": rows, "gpu": gpu, "machine": {**benchmarking.machine(threads), "cpu_peak": peak},
+    result = {"task": task, "quality_metric": quality.describe(metric), "variants": rows, "left_out": left_out,
+              "gpu": gpu, "machine": {**benchmarking.machine(threads), "cpu_peak": peak},
               "dataset": {"source": ds.schema["source"], "test_examples": int(len(ds.test.y)),
                           "class_names": ds.class_names},
               "settings": {"threads": threads, "throughput_batch": throughput_batch,
@@ -252,7 +302,8 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
     write_json_atomic(out_json, result)
     for row in rows:
         if row.get("latency_ms"):
-            log(f"[benchmark] {row['name']:<34} acc {row['accuracy']:.4f}  p50 {row['latency_ms']['p50']:.4f} ms  "
+            log(f"[benchmark] {row['name']:<34} {quality.said(metric.name, row[metric.name])}  "
+                f"p50 {row['latency_ms']['p50']:.4f} ms  "
                 f"p99 {row['latency_ms']['p99']:.4f} ms  {row['size_bytes'] / 1e3:,.0f} kB  "
                 f"{stability_label(row).strip() or 'stable'}")
     return result

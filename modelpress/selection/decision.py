@@ -1,54 +1,109 @@
-"""Accuracy-aware selection and blessing.
+"""Quality-aware selection and blessing, for either task.
 
-Selection: among the deployable (ONNX) variants whose accuracy is within the tolerance of
-the fp32 baseline and that meet the optional p95-latency and size budgets, take the best on
-the objective (default: lowest p50 latency). Variants within the measured noise of the best
-are ties, broken by size, then accuracy.
+Every score is the task's quality metric (`evaluation.quality_metric`): accuracy for
+classification (higher is better), RMSE for regression (lower is better). The tolerance is
+in the metric's own units (absolute: accuracy points/100, or RMSE in the target's units) or
+a share of the reference (relative); a variant passes when it loses no more than that.
 
-Blessing (the TFX rule): the chosen model must clear an absolute accuracy floor and must not
-regress beyond the tolerance against the deployed champion, scored on the same test split in
-the same run. With no champion, the floor alone decides. A challenger identical to the
-champion (same bytes) is not deployed again.
+Selection: among the deployable (ONNX) variants within the tolerance of the baseline (torch
+fp32; with no torch model, an ONNX start, the ONNX fp32 export) and that meet the optional
+p95-latency and size budgets, take the best on the objective (default: lowest p50 latency).
+Variants within the measured noise of the best are ties, broken by size, then the quality metric.
+
+Blessing (the TFX rule): the chosen model must clear an absolute bar (classification: the
+accuracy floor; regression: the RMSE ceiling) and must not regress beyond the tolerance
+against the deployed champion, scored on the same test split in the same run. With no
+champion, the absolute bar alone decides. A challenger identical to the champion (same
+bytes) is not deployed again.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from modelpress.core.errors import ModelpressError
 from modelpress.core.results import Role
+from modelpress.evaluation import QualityMetric, quality_metric
+from modelpress.selection import quality
+from modelpress.selection.quality import fmt, said
 
 OBJECTIVES = {"p50": ("latency_ms", "p50", 1), "p95": ("latency_ms", "p95", 1),
               "size": ("size_bytes", None, 1), "throughput": ("throughput_per_s", None, -1)}
+UNKNOWN_TASK = (None, "auto")  # config validation before the dataset step has said the task
 
 
 @dataclass
 class Policy:
-    tolerance: float = 0.01  # accuracy that may be lost against the fp32 baseline
-    tolerance_mode: str = "absolute"  # "absolute" (points/100) or "relative" (share of baseline)
+    tolerance: float = 0.01  # quality that may be lost against the reference: metric units, or a share
+    tolerance_mode: str = "absolute"  # "absolute" (the metric's own units) or "relative" (share of reference)
     p95_budget_ms: float = 0.0  # 0: no budget
     size_budget_bytes: int = 0  # 0: no budget
     objective: str = "p50"
-    accuracy_floor: float = 0.0  # absolute floor for blessing
+    accuracy_floor: float = 0.0  # classification: the least test accuracy a blessed model has
+    rmse_ceiling: float = 0.0  # regression: the most test RMSE a blessed model has (0: no ceiling)
     min_noise: float = 0.02  # ties: never finer than 2% of the best value
 
-    def validate(self) -> "Policy":
+    def validate(self, task: str | None = "classification") -> "Policy":
+        """Check the ranges; those of an absolute tolerance depend on the task (`None` or "auto":
+        not known yet, so only what holds for every task is checked)."""
         if self.tolerance_mode not in ("absolute", "relative"):
             raise ModelpressError(f"tolerance_mode must be 'absolute' or 'relative', got {self.tolerance_mode!r}")
-        if not 0 <= self.tolerance < 1:
-            raise ModelpressError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if task not in UNKNOWN_TASK:
+            quality_metric(task)  # an unknown task names the known ones
+        if not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise ModelpressError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.tolerance_mode == "relative" and self.tolerance >= 1:
+            raise ModelpressError(f"a relative tolerance is a share of the reference, in [0, 1), got {self.tolerance}")
+        if task == "classification" and self.tolerance >= 1:
+            raise ModelpressError(f"tolerance must be in [0, 1) for classification (accuracy points / 100), "
+                                  f"got {self.tolerance}")
         if self.objective not in OBJECTIVES:
             raise ModelpressError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if not 0 <= self.accuracy_floor <= 1:
             raise ModelpressError(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor}")
+        if not math.isfinite(self.rmse_ceiling) or self.rmse_ceiling < 0:
+            raise ModelpressError(f"rmse_ceiling must be >= 0 in the target's units (0 means no ceiling), "
+                                  f"got {self.rmse_ceiling}")
         if self.p95_budget_ms < 0 or self.size_budget_bytes < 0:
             raise ModelpressError("budgets must be >= 0 (0 means no budget)")
         return self
 
-    def bar(self, reference: float) -> float:
-        if self.tolerance_mode == "relative":
-            return reference * (1.0 - self.tolerance)
-        return reference - self.tolerance
+    def allowed_loss(self, reference: float) -> float:
+        """How much worse than `reference` a variant may be, in the metric's units."""
+        return self.tolerance * abs(reference) if self.tolerance_mode == "relative" else self.tolerance
+
+    def bar(self, reference: float, metric: QualityMetric | None = None) -> float:
+        """The worst value that still passes (accuracy: the least; RMSE: the most)."""
+        metric = metric or quality_metric("classification")
+        loss = self.allowed_loss(reference)
+        return reference - loss if metric.higher_is_better else reference + loss
+
+    def passes(self, reference: float, value: float, metric: QualityMetric) -> bool:
+        return metric.loss_of(reference, value) <= self.allowed_loss(reference) + 1e-12
+
+    def bar_text(self, reference: float, metric: QualityMetric, against: str = "baseline") -> str:
+        """'RMSE <= 56.9 (baseline 54.1 + tolerance 2.8)', 'accuracy >= 0.9700 (baseline 0.9800 - tolerance 0.0100)'."""
+        sign, op = ("-", ">=") if metric.higher_is_better else ("+", "<=")
+        loss = fmt(metric.name, self.allowed_loss(reference), trim=True)
+        tol = f"{self.tolerance * 100:g}% of it, {loss}" if self.tolerance_mode == "relative" else loss
+        return (f"{metric.label} {op} {fmt(metric.name, self.bar(reference, metric), trim=True)} "
+                f"({against} {fmt(metric.name, reference, trim=True)} {sign} tolerance {tol})")
+
+    def absolute_bar(self, value: float, metric: QualityMetric) -> tuple[bool, str]:
+        """(passes, why) for the bar that holds champion or not: the accuracy floor or the RMSE ceiling."""
+        score = said(metric.name, value)
+        if metric.higher_is_better:
+            floor = fmt(metric.name, self.accuracy_floor, trim=True)
+            if value < self.accuracy_floor:
+                return False, f"{score} is below the floor {floor}"
+            return True, f"{score} clears the floor {floor}"
+        if not self.rmse_ceiling:
+            return True, f"{score}, no {metric.label} ceiling set (rmse_ceiling 0)"
+        ceiling = fmt(metric.name, self.rmse_ceiling, trim=True)
+        if value > self.rmse_ceiling:
+            return False, f"{score} is above the ceiling {ceiling}"
+        return True, f"{score} is within the ceiling {ceiling}"
 
 
 UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}
@@ -81,35 +136,45 @@ def _noise(row: dict, policy: Policy) -> float:
 
 def select(results: dict, policy: Policy) -> dict:
     """Choose a variant; return the decision with the constraint table that explains it."""
-    policy.validate()
+    metric = quality.metric_of(results)
+    policy.validate(quality.task_of(results))
+    name = metric.name
     rows = results["variants"]
-    baseline = next((r for r in rows if r["role"] == Role.BASELINE), None)
-    if baseline is None or baseline.get("accuracy") is None:
-        raise ModelpressError("the results have no scored baseline (role 'baseline'): cannot set the bar")
-    bar = policy.bar(baseline["accuracy"])
+    baseline = quality.baseline_row(rows)
+    if baseline is None or baseline.get(name) is None:
+        raise ModelpressError(f"the results have no scored baseline (role 'baseline', or 'baseline-onnx' when the "
+                              f"run started from ONNX): cannot set the {metric.label} bar")
+    reference = baseline[name]
+    bar = policy.bar(reference, metric)
+    torch_baseline = baseline["role"] == Role.BASELINE
+    bar_text = policy.bar_text(reference, metric, "baseline" if torch_baseline else f"baseline {baseline['name']}")
     table = []
     for r in rows:
         if r["role"] == Role.CHAMPION:
             continue
         checks = {
             "deployable": r["kind"] == "onnx",
-            "measured": r.get("latency_ms") is not None and r.get("accuracy") is not None,
+            "measured": r.get("latency_ms") is not None and r.get(name) is not None,
         }
         if checks["measured"]:
-            checks["accuracy"] = r["accuracy"] >= bar - 1e-12
+            checks[name] = policy.passes(reference, r[name], metric)
             if policy.p95_budget_ms:
                 checks["p95_budget"] = r["latency_ms"]["p95"] <= policy.p95_budget_ms
             if policy.size_budget_bytes:
                 checks["size_budget"] = r["size_bytes"] <= policy.size_budget_bytes
-        table.append({"name": r["name"], "accuracy": r.get("accuracy"),
+        table.append({"name": r["name"], name: r.get(name),
                       "objective_value": _value(r, policy.objective) if checks["measured"] else None,
                       "size_bytes": r["size_bytes"], "checks": checks, "eligible": all(checks.values())})
     eligible = [t for t in table if t["eligible"]]
-    decision = {"policy": asdict(policy), "baseline": baseline["name"], "baseline_accuracy": baseline["accuracy"],
-                "accuracy_bar": bar, "table": table, "chosen": None, "ties": [], "reason": ""}
+    decision = {"policy": asdict(policy), "task": quality.task_of(results), "metric": quality.describe(metric),
+                "baseline": baseline["name"], "baseline_role": str(baseline["role"]),
+                f"baseline_{name}": reference, f"{name}_bar": bar, "quality_bar": bar, "bar_text": bar_text,
+                "table": table, "chosen": None, "ties": [], "reason": ""}
+    if not torch_baseline:
+        decision["note"] = quality.NO_TORCH
     if not eligible:
         failing = "; ".join(f"{t['name']}: fails {[k for k, ok in t['checks'].items() if not ok]}" for t in table)
-        decision["reason"] = f"no variant meets the constraints (accuracy bar {bar:.4f}): {failing}"
+        decision["reason"] = f"no variant meets the constraints ({bar_text}): {failing}"
         return decision
     sign = OBJECTIVES[policy.objective][2]
     eligible.sort(key=lambda t: sign * t["objective_value"])
@@ -118,7 +183,8 @@ def select(results: dict, policy: Policy) -> dict:
     noise = _noise(best_row, policy)
     ties = [t for t in eligible if abs(t["objective_value"] - best["objective_value"])
             <= noise * abs(best["objective_value"])]
-    ties.sort(key=lambda t: (t["size_bytes"], -(t["accuracy"] or 0)))
+    better_first = -1 if metric.higher_is_better else 1
+    ties.sort(key=lambda t: (t["size_bytes"], better_first * t[name]))
     chosen = ties[0]
     decision.update(chosen=chosen["name"], ties=[t["name"] for t in ties], noise=noise)
     rows_by_name = {r["name"]: r for r in rows}
@@ -128,44 +194,58 @@ def select(results: dict, policy: Policy) -> dict:
 
     if chosen is best:
         why = (f"{chosen['name']} has the best {policy.objective} ({figure(chosen)}) among "
-               f"{len(eligible)} variant(s) meeting accuracy >= {bar:.4f}")
+               f"{len(eligible)} variant(s) meeting {bar_text}")
         if len(ties) > 1:
             why += (f"; {', '.join(t['name'] for t in ties if t is not chosen)} within the measured noise "
                     f"({noise:.0%}) of it, but not smaller")
     else:
-        why = (f"a tie within the measured noise ({noise:.0%}), won by size, then accuracy: {best['name']} measured the best "
-               f"{policy.objective} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is within the noise "
+        why = (f"a tie within the measured noise ({noise:.0%}), won by size, then {metric.label}: {best['name']} "
+               f"measured the best {policy.objective} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is "
+               "within the noise "
                + (f"and smaller ({chosen['size_bytes'] / 1e3:,.1f} kB vs {best['size_bytes'] / 1e3:,.1f} kB); "
                   if chosen["size_bytes"] < best["size_bytes"] else
-                  f"and as small ({chosen['size_bytes'] / 1e3:,.1f} kB) and more accurate "
-                  f"({chosen['accuracy']:.4f} vs {best['accuracy']:.4f}); ") +
-               f"{len(eligible)} variant(s) meet accuracy >= {bar:.4f}")
+                  f"and as small ({chosen['size_bytes'] / 1e3:,.1f} kB) and better on {metric.label} "
+                  f"({fmt(name, chosen[name], trim=True)} vs {fmt(name, best[name], trim=True)}); ") +
+               f"{len(eligible)} variant(s) meet {bar_text}")
+    why += f"; {chosen['name']}: {said(name, chosen[name])}"
+    if not torch_baseline:
+        why += f" ({quality.NO_TORCH})"
     decision["reason"] = why
     return decision
 
 
-def bless(challenger: dict | None, champion: dict | None, policy: Policy) -> dict:
-    """TFX-style blessing of the chosen row against the deployed champion's row."""
+def bless(challenger: dict | None, champion: dict | None, policy: Policy,
+          metric: QualityMetric | None = None) -> dict:
+    """TFX-style blessing of the chosen row against the deployed champion's row, on `metric`
+    (default: the challenger row's task's metric)."""
     if challenger is None:
         return {"blessed": False, "reason": "nothing was selected"}
-    acc = challenger["accuracy"]
-    if acc < policy.accuracy_floor:
-        return {"blessed": False, "reason": f"accuracy {acc:.4f} is below the floor {policy.accuracy_floor:.4f}"}
+    metric = metric or quality_metric(challenger.get("task"))
+    name = metric.name
+    value = challenger.get(name)
+    if value is None:
+        return {"blessed": False, "reason": f"the chosen variant has no test {metric.label}"}
+    ok, why = policy.absolute_bar(value, metric)
+    if not ok:
+        return {"blessed": False, "reason": why}
     if champion is None:
-        return {"blessed": True, "reason": f"no champion deployed; accuracy {acc:.4f} clears the floor "
-                                           f"{policy.accuracy_floor:.4f}"}
+        return {"blessed": True, "reason": f"no champion deployed; {why}"}
     if champion.get("sha256") and champion["sha256"] == challenger.get("sha256"):
         return {"blessed": False, "reason": "the challenger is byte-identical to the deployed champion"}
-    bar = policy.bar(champion["accuracy"])
-    if acc < bar - 1e-12:
-        return {"blessed": False, "reason": f"accuracy {acc:.4f} regresses beyond the tolerance against the "
-                                            f"champion's {champion['accuracy']:.4f} (bar {bar:.4f}), same test split"}
-    return {"blessed": True, "reason": f"accuracy {acc:.4f} vs champion {champion['accuracy']:.4f} on the same "
-                                       f"test split: within tolerance (bar {bar:.4f})"}
+    reference = champion[name]
+    bar_text = policy.bar_text(reference, metric, "champion")
+    if not policy.passes(reference, value, metric):
+        return {"blessed": False, "reason": f"{said(name, value)} regresses beyond the tolerance against the "
+                                            f"champion's {said(name, reference)} (bar {bar_text}), same test split"}
+    return {"blessed": True, "reason": f"{said(name, value)} vs champion {said(name, reference)} on the same "
+                                       f"test split: within tolerance (bar {bar_text})"}
 
 
 def ratios(results: dict, name: str) -> dict:
-    """The chosen variant's speed-up and size ratio against the torch and ONNX fp32 baselines."""
+    """The chosen variant's speed-up, size ratio and quality delta (value minus reference, in the
+    metric's units) against the torch and ONNX fp32 baselines; those against torch are absent
+    when there is no torch model (an ONNX start)."""
+    metric = quality.metric_of(results).name
     rows = {r["name"]: r for r in results["variants"]}
     chosen = rows[name]
     out = {}
@@ -175,7 +255,8 @@ def ratios(results: dict, name: str) -> dict:
             continue
         out[f"speedup_p50_vs_{label}"] = ref["latency_ms"]["p50"] / chosen["latency_ms"]["p50"]
         out[f"size_ratio_vs_{label}"] = chosen["size_bytes"] / ref["size_bytes"]
-        out[f"accuracy_delta_vs_{label}"] = chosen["accuracy"] - ref["accuracy"]
+        if chosen.get(metric) is not None and ref.get(metric) is not None:
+            out[f"{metric}_delta_vs_{label}"] = chosen[metric] - ref[metric]
         # a ratio is only as steady as both figures: 1.0 when both measurements were stable
         out[f"stable_vs_{label}"] = float(not instability(ref) and not instability(chosen))
     return out
@@ -183,12 +264,13 @@ def ratios(results: dict, name: str) -> dict:
 
 def decide(results: dict, policy: Policy) -> dict:
     """Select, then bless against the champion row (role 'champion') of the same results."""
+    metric = quality.metric_of(results)
     decision = select(results, policy)
     rows = {r["name"]: r for r in results["variants"]}
     chosen = rows.get(decision["chosen"]) if decision["chosen"] else None
-    champion = next((r for r in results["variants"] if r["role"] == Role.CHAMPION and r.get("accuracy") is not None),
-                    None)
-    blessing = bless(chosen, champion, policy)
+    champion = next((r for r in results["variants"]
+                     if r["role"] == Role.CHAMPION and r.get(metric.name) is not None), None)
+    blessing = bless(chosen, champion, policy, metric)
     return {"decision": decision, "blessing": blessing, "chosen_row": chosen,
             "champion": champion["name"] if champion else None,
             "ratios": ratios(results, decision["chosen"]) if chosen else {}}
@@ -203,6 +285,7 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
     from modelpress.core.fileio import atomic_dir, local_path, read_json, write_json_atomic
 
     results = read_json(local_path(results_path))
+    task = quality.task_of(results)
     out = decide(results, policy)
     decision, blessing, row = out["decision"], out["blessing"], out["chosen_row"]
     with atomic_dir(local_path(chosen_dir)) as tmp:
@@ -215,8 +298,7 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
     with open(report_path, "w") as f:
         f.write(report.render_html(results, decision, blessing, title="modelpress: optimisation report"))
     with open(table_path, "w") as f:
-        f.write(f"Chosen: **{decision['chosen']}**. {decision['reason']}\n\n"
-                f"Deployment gate: {'blessed' if blessing['blessed'] else 'not blessed'}: {blessing['reason']}\n\n")
+        f.write(report.markdown_decision(decision, blessing))
         f.write(report.markdown_table(results, decision))
     log(f"[select] {decision['reason']}")
     log(f"[select] {'blessed' if blessing['blessed'] else 'NOT blessed'}: {blessing['reason']}")
@@ -225,10 +307,13 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
     metrics = dict(out["ratios"])
     metadata = {"variant": decision["chosen"], "blessed": blessing["blessed"],
                 "reason": f"{decision['reason']}. {blessing['reason']}", "champion": out["champion"]}
+    if task != "classification":
+        metadata["task"] = task
     if row is not None:
-        metrics.update(accuracy=row["accuracy"], p50_ms=row["latency_ms"]["p50"],
-                       p95_ms=row["latency_ms"]["p95"], size_bytes=row["size_bytes"])
-        metadata.update(accuracy=row["accuracy"], size_bytes=row["size_bytes"], precision=row.get("precision"),
+        scores = {k: row.get(k) for k in quality.score_names(task)}
+        metrics.update(**scores, p50_ms=row["latency_ms"]["p50"], p95_ms=row["latency_ms"]["p95"],
+                       size_bytes=row["size_bytes"])
+        metadata.update(**scores, size_bytes=row["size_bytes"], precision=row.get("precision"),
                         params=row.get("params"), macs=row.get("macs"), framework="onnx")
     metrics["blessed"] = float(blessing["blessed"])
     return {"metadata": metadata, "metrics": metrics, "blessed": blessing["blessed"],

@@ -1,7 +1,8 @@
 """The comparison report: one self-contained HTML file (images embedded) and a Markdown table.
 
 Input: the benchmark results (comparison.benchmark) and, from the select step, the decision
-and blessing (selection.decide). A latency figure whose measurement windows did not settle
+and blessing (selection.decide). Scores are the task's: accuracy for classification; RMSE,
+MAE and R² for regression (`quality`). A latency figure whose measurement windows did not settle
 (`latency_ms.stable` false) is printed with its label wherever it appears, never bare.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import html
 
 from modelpress.core.results import Role
-from modelpress.selection import report_plots
+from modelpress.selection import quality, report_plots
 from modelpress.selection.report_plots import pareto_front  # noqa: F401  (public here since before the split)
 
 KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx")  # the ones that decide int8/bf16 kernels
@@ -115,21 +116,56 @@ def _unstable_caveat(results: dict, decision: dict) -> str:
             f"before relying on it.</p>")
 
 
+def _scores(results: dict) -> tuple[str, ...]:
+    return quality.score_names(quality.task_of(results))
+
+
+def _score_cells(results: dict, row: dict) -> list[str]:
+    return [quality.fmt(k, row.get(k)) for k in _scores(results)]
+
+
+def starting_point_note(results: dict) -> str:
+    """What the report says when the run had no torch model (it started from an ONNX file), else ''."""
+    if quality.has_torch_baseline(results):
+        return ""
+    return (f"{quality.NO_TORCH}: the ONNX fp32 export sets the {quality.metric_of(results).label} bar and is "
+            "the latency reference; there are no ratios against torch.")
+
+
+def left_out_text(results: dict) -> str:
+    """The variants the recipe left out, grouped by the step and reason, or ''."""
+    groups: dict[tuple, list[str]] = {}
+    for item in results.get("left_out") or []:
+        groups.setdefault((item.get("step"), item.get("reason")), []).append(item["name"])
+    return "; ".join(f"{', '.join(names)} ({step} skipped: {reason})" for (step, reason), names in groups.items())
+
+
+def markdown_decision(decision: dict, blessing: dict) -> str:
+    """The decision and the deployment gate, as the select step's Markdown opens."""
+    return (f"Chosen: **{decision['chosen']}**. {decision['reason']}\n\n"
+            f"Deployment gate: {'blessed' if blessing['blessed'] else 'not blessed'}: {blessing['reason']}\n\n")
+
+
 def markdown_table(results: dict, decision: dict | None = None) -> str:
     chosen = (decision or {}).get("chosen")
-    lines = ["| variant | role | accuracy | p50 | p95 | p99 | rows/s | size kB | params | MMACs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    scores = _scores(results)
+    lines = [f"| variant | role | {' | '.join(quality.label(k) for k in scores)} | p50 | p95 | p99 | rows/s | "
+             "size kB | params | MMACs |",
+             "|---|---|" + "---:|" * len(scores) + "---:|---:|---:|---:|---:|---:|---:|"]
     unstable, md_star = False, "\\*"  # a bare * would start emphasis in Markdown
     for r in _ordered(results):
         lat = r.get("latency_ms") or {}
         mark = " **(chosen)**" if r["name"] == chosen else ""
         unstable |= bool(stability_label(r))
-        lines.append(f"| {r['name']}{mark} | {r['role']} | {_fmt(r.get('accuracy'), '.4f')} | "
+        lines.append(f"| {r['name']}{mark} | {r['role']} | {' | '.join(_score_cells(results, r))} | "
                      f"{p50_text(r, md_star)} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} | "
                      f"{_fmt(r.get('throughput_per_s'), ',.0f')} | {r['size_bytes'] / 1e3:,.1f} | "
                      f"{_fmt(_int(r.get('params')), ',')} | {_fmt(r['macs'] / 1e6 if r.get('macs') else None, '.2f')} |")
     if unstable:
         lines += ["", f"\\* {UNSTABLE_NOTE}"]
+    for note in (starting_point_note(results), left_out_text(results) and f"Left out: {left_out_text(results)}."):
+        if note:
+            lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -158,31 +194,38 @@ def machine_html(machine: dict) -> str:
     return "<h2>Machine</h2><table class='kv'>" + "".join(trs) + "</table>"
 
 
-def _scatter(rows: list[dict], decision: dict | None, chosen: str | None) -> tuple[str, str] | None:
-    """The latency/accuracy PNG and its key table (number -> variant), or None with nothing to plot."""
-    pts = [{"key": i, "name": r["name"], "p50": r["latency_ms"]["p50"], "accuracy": r["accuracy"],
+def _scatter(results: dict, rows: list[dict], decision: dict | None,
+             chosen: str | None) -> tuple[str, str] | None:
+    """The latency/quality PNG and its key table (number -> variant), or None with nothing to plot."""
+    metric = quality.metric_of(results)
+    name = metric.name
+    pts = [{"key": i, "name": r["name"], "p50": r["latency_ms"]["p50"], name: r[name],
             "stable": is_stable(r), "window_range": _window_range(r), "row": r}
            for i, r in enumerate((r for r in rows if r["latency_ms"].get("p50") is not None
-                                  and r.get("accuracy") is not None), start=1)]
+                                  and r.get(name) is not None), start=1)]
     if not pts:
         return None
-    fig, _, _ = report_plots.latency_accuracy(pts, chosen, (decision or {}).get("accuracy_bar"))
-    front = set(pareto_front([(p["name"], p["p50"], p["accuracy"]) for p in pts]))
+    decision = decision or {}
+    bar = decision.get("quality_bar", decision.get("accuracy_bar"))
+    fig, _, _ = report_plots.latency_accuracy(pts, chosen, bar, metric=name, label=f"test {metric.label}",
+                                              higher_is_better=metric.higher_is_better)
+    front = set(pareto_front([(p["name"], p["p50"], p[name]) for p in pts], metric.higher_is_better))
     trs = []
     for p in pts:
         notes = [n for n, on in (("chosen", p["name"] == chosen), ("Pareto front", p["name"] in front)) if on]
         trs.append(f"<tr><td>{p['key']}</td><td>{html.escape(p['name'])}</td>"
-                   f"<td>{html.escape(p50_text(p['row']))}</td><td>{p['accuracy']:.4f}</td>"
+                   f"<td>{html.escape(p50_text(p['row']))}</td><td>{quality.fmt(name, p[name])}</td>"
                    f"<td>{', '.join(notes)}</td></tr>")
-    key = ("<table class='key'><tr><th>#</th><th>variant</th><th>p50</th><th>accuracy</th><th></th></tr>"
-           + "".join(trs) + "</table>")
+    key = (f"<table class='key'><tr><th>#</th><th>variant</th><th>p50</th><th>{html.escape(metric.label)}</th>"
+           "<th></th></tr>" + "".join(trs) + "</table>")
     return report_plots.png(fig), key
 
 
 def _constraints(results: dict, decision: dict) -> list[str]:
     rows = _rows_by_name(results)
+    metric = quality.metric_of(results)
     objective = (decision.get("policy") or {}).get("objective", "p50")
-    out = ["<h2>Constraints</h2><table><tr><th>variant</th><th>accuracy</th><th>objective</th>"
+    out = [f"<h2>Constraints</h2><table><tr><th>variant</th><th>{html.escape(metric.label)}</th><th>objective</th>"
            "<th>checks</th><th>eligible</th></tr>"]
     noted = False
     for t in decision["table"]:
@@ -203,13 +246,13 @@ def _constraints(results: dict, decision: dict) -> list[str]:
             obj = _ms(value) + stability_label(row)
         else:
             obj = _fmt(value, ".4g") + (f" {UNITS[objective]}" if value is not None and objective in UNITS else "")
-        out.append(f"<tr><td>{html.escape(t['name'])}</td><td>{_fmt(t['accuracy'], '.4f')}</td>"
+        out.append(f"<tr><td>{html.escape(t['name'])}</td><td>{quality.fmt(metric.name, t.get(metric.name))}</td>"
                    f"<td>{html.escape(obj)}</td><td>{shown}</td><td>{html.escape(eligible)}</td></tr>")
     out.append("</table>")
     if noted:
         out.append("<p class='note'>¹ Only ONNX variants are deployment candidates. The torch eager fp32 model is "
-                   "the baseline: its accuracy sets the accuracy bar and its latency is the reference for the "
-                   "speed-ups; it is measured for comparison and is never deployed.</p>")
+                   f"the baseline: its {metric.label} sets the {metric.label} bar and its latency is the reference "
+                   "for the speed-ups; it is measured for comparison and is never deployed.</p>")
     return out
 
 
@@ -232,9 +275,10 @@ def render_html(results: dict, decision: dict | None = None, blessing: dict | No
     rows = [r for r in _ordered(results) if r.get("latency_ms")]
     chosen = (decision or {}).get("chosen")
     images = []  # (caption, data URI, HTML shown beside it)
-    scatter = _scatter(rows, decision, chosen)
+    metric = quality.metric_of(results)
+    scatter = _scatter(results, rows, decision, chosen)
     if scatter:
-        images.append(("Latency vs accuracy", *scatter))
+        images.append((f"Latency vs {metric.label}", *scatter))
     if rows:
         images.append(("Size", report_plots.png(report_plots.sizes(
             [r["name"] for r in rows], [r["size_bytes"] / 1e3 for r in rows], chosen)), ""))
@@ -242,15 +286,15 @@ def render_html(results: dict, decision: dict | None = None, blessing: dict | No
     if chosen_row and chosen_row.get("confusion_matrix"):
         fig = report_plots.confusion(chosen_row["confusion_matrix"], results["dataset"]["class_names"])
         images.append((f"Confusion matrix: {chosen}", report_plots.png(fig), ""))
-    head = ["variant", "role", "accuracy", "p50", "p90", "p95", "p99", "stable", "rows/s",
-            "size kB", "gzip kB", "params", "MMACs", "GFLOP/s", "runtime"]
+    head = ["variant", "role", *(quality.label(k) for k in _scores(results)), "p50", "p90", "p95", "p99", "stable",
+            "rows/s", "size kB", "gzip kB", "params", "MMACs", "GFLOP/s", "runtime"]
     trs, any_unstable = [], False
     for r in _ordered(results):
         lat = r.get("latency_ms") or {}
         unstable = bool(stability_label(r))
         any_unstable |= unstable
         cls = ' class="chosen"' if r["name"] == chosen else ""
-        cells = [r["name"] + (" ★" if r["name"] == chosen else ""), r["role"], _fmt(r.get("accuracy"), ".4f"),
+        cells = [r["name"] + (" ★" if r["name"] == chosen else ""), r["role"], *_score_cells(results, r),
                  p50_text(r, "*"), _ms(lat.get("p90")), _ms(lat.get("p95")), _ms(lat.get("p99")),
                  "" if not lat else ("yes" if lat.get("stable") else "no*"),
                  _fmt(r.get("throughput_per_s"), ",.0f"), f"{r['size_bytes'] / 1e3:,.1f}",
@@ -260,13 +304,20 @@ def render_html(results: dict, decision: dict | None = None, blessing: dict | No
                  (r.get("runtime") or "") + (f" — {r['note']}" if r.get("note") else "")]
         trs.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>", CSS,
-             "</head><body>", f"<h1>{html.escape(title)}</h1>"]
+             "</head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<p><b>Quality metric:</b> test {html.escape(metric.label)} "
+             f"({'higher' if metric.higher_is_better else 'lower'} is better)"
+             + (f", {quality.task_of(results)}" if quality.task_of(results) != "classification" else "") + "</p>"]
+    for note in (starting_point_note(results), left_out_text(results) and f"Left out: {left_out_text(results)}."):
+        if note:
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
     if decision:
         parts.append(f"<p><b>Chosen:</b> {html.escape(str(decision.get('chosen')))} — "
                      f"{html.escape(decision_text(results, decision))}</p>")
         if chosen_row:
             lat = chosen_row["latency_ms"]
-            parts.append(f"<p><b>Chosen variant:</b> accuracy {_fmt(chosen_row.get('accuracy'), '.4f')}, "
+            scores = ", ".join(quality.said(k, chosen_row.get(k)) for k in _scores(results))
+            parts.append(f"<p><b>Chosen variant:</b> {html.escape(scores)}, "
                          f"p50 {html.escape(p50_text(chosen_row))}, p95 {_ms(lat.get('p95'))}, "
                          f"size {chosen_row['size_bytes'] / 1e3:,.1f} kB</p>")
         parts.append(_unstable_caveat(results, decision))

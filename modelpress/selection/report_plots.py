@@ -23,11 +23,14 @@ def png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names on the front: no other point is both at least as fast and at least as accurate."""
+def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
+    """Names on the front: no other point is both at least as fast and at least as good (more
+    accurate; or, for an error such as RMSE, `higher_is_better` False, lower)."""
+    sign = 1 if higher_is_better else -1
     front = []
-    for name, lat, acc in points:
-        dominated = any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for _, l2, a2 in points)
+    for name, lat, q in points:
+        acc = sign * q
+        dominated = any((l2 <= lat and sign * a2 >= acc) and (l2 < lat or sign * a2 > acc) for _, l2, a2 in points)
         if not dominated:
             front.append(name)
     return front
@@ -82,16 +85,19 @@ def place_labels(fig, ax, labels, marker_points: float = 3.5, pad_points: float 
                                           shrinkA=3, shrinkB=4))
 
 
-def latency_accuracy(points: list[dict], chosen: str | None, accuracy_bar: float | None):
-    """Scatter of p50 latency against accuracy, each point labelled with its key number.
+def latency_accuracy(points: list[dict], chosen: str | None, accuracy_bar: float | None, *,
+                     metric: str = "accuracy", label: str = "test accuracy", higher_is_better: bool = True):
+    """Scatter of p50 latency against the quality metric, each point labelled with its key number.
 
-    `points`: {key, name, p50, accuracy, stable, window_range: (lo, hi) or None}. Returns
-    (fig, ax, labels); the names go in the key table beside the image, since long names at
-    near-identical coordinates cannot all be written on the plot legibly.
+    `points`: {key, name, p50, <metric>, stable, window_range: (lo, hi) or None}; `metric` is the
+    score's key (accuracy, rmse), `label` the axis title, `accuracy_bar` the tolerance's bar in
+    that metric. Returns (fig, ax, labels); the names go in the key table beside the image, since
+    long names at near-identical coordinates cannot all be written on the plot legibly.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=DPI)
-    front = set(pareto_front([(p["name"], p["p50"], p["accuracy"]) for p in points]))
+    points = [{**p, "accuracy": p[metric]} for p in points]  # one key below, whatever the metric
+    front = set(pareto_front([(p["name"], p["p50"], p["accuracy"]) for p in points], higher_is_better))
     unstable_drawn = False
     for p in points:
         is_chosen = p["name"] == chosen
@@ -109,13 +115,14 @@ def latency_accuracy(points: list[dict], chosen: str | None, accuracy_bar: float
     if fp:
         ax.step([q[0] for q in fp], [q[1] for q in fp], where="post", color="tab:blue", lw=1, label="Pareto front")
     if accuracy_bar is not None:
-        ax.axhline(accuracy_bar, color="tab:red", ls="--", lw=1, label="accuracy bar (tolerance)")
+        ax.axhline(accuracy_bar, color="tab:red", ls="--", lw=1, label=f"{label.removeprefix('test ')} bar (tolerance)")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(label if higher_is_better else f"{label} (lower is better)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="lower right")
+        # the worse side of the plot is emptier: below for accuracy, above for an error
+        ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper right")
     labels = [ax.annotate(str(p["key"]), (p["p50"], p["accuracy"]), fontsize=7, xytext=(7, 6),
                           textcoords="offset points", ha="center", va="center", zorder=4,
                           annotation_clip=False)

@@ -17,18 +17,27 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
 from modelpress.core.results import ModelCard, Role, StepResult, Variant
 from modelpress.core.timing import timed
-from modelpress.evaluation import torch_scoring
+from modelpress.evaluation import quality_metric, torch_scoring
+from modelpress.selection import quality
 
 
 def _check_compatible(spec: dict, ds, warm_start: str) -> None:
     args = spec.get("args", {})
     shape = [int(d) for d in args.get("input_shape", [])]
-    classes = (spec.get("info") or {}).get("class_names")
+    info = spec.get("info") or {}
+    classes = info.get("class_names")
+    outputs = int(args.get("num_classes", args.get("num_outputs", -1)))
     problems = []
     if shape != list(ds.feature_shape):
         problems.append(f"input shape {shape} vs the dataset's {list(ds.feature_shape)}")
-    if int(args.get("num_classes", -1)) != len(ds.class_names) or classes and list(classes) != ds.class_names:
-        problems.append(f"classes {classes or args.get('num_classes')} vs the dataset's {ds.class_names}")
+    task = info.get("task") or ("regression" if (spec.get("normalisation") or {}).get("target") else None)
+    if task and task != ds.task:
+        problems.append(f"a {task} model vs a {ds.task} dataset")
+    elif ds.task == "regression":
+        if outputs != ds.num_outputs:
+            problems.append(f"{outputs} outputs vs the one a regression model gives")
+    elif outputs != ds.num_outputs or classes and list(classes) != ds.class_names:
+        problems.append(f"classes {classes or outputs} vs the dataset's {ds.class_names}")
     if problems:
         raise ModelpressError(f"cannot warm start from {warm_start}: {'; '.join(problems)}. Train from scratch "
                               "(warm_start: \"\") or warm start from a model trained on data of this shape")
@@ -77,22 +86,26 @@ def train_challenger(dataset_dir: str, out_dir: str, *, warm_start: str = "", ar
     ds = load_dataset(dataset_dir)
     model, spec = models.load_model(warm_start)
     _check_compatible(spec, ds, warm_start)
-    n_classes = len(ds.class_names)
-    start = torch_scoring.evaluate(model, ds.test.x, ds.test.y, n_classes)
+    task, metric = ds.task, quality_metric(ds.task).name
+    start = torch_scoring.evaluate(model, ds.test.x, ds.test.y, ds.num_outputs, task=task)
     log(f"[train-challenger] warm start from {warm_start} ({spec['architecture']}, "
-        f"{models.count_params(model):,} parameters): test accuracy {start['accuracy']:.4f} before training")
+        f"{models.count_params(model):,} parameters): test {quality.said(metric, start[metric])} before training")
     fitted = training.fit(model, ds, settings, log=log, label="train-challenger")
-    test = torch_scoring.evaluate(model, ds.test.x, ds.test.y, n_classes, fitted["device"])
+    test = torch_scoring.evaluate(model, ds.test.x, ds.test.y, ds.num_outputs, fitted["device"], task=task)
     models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings), "class_names": ds.class_names,
-                                                   "warm_start": warm_start})
-    log(f"[train-challenger] test accuracy {test['accuracy']:.4f} (from {start['accuracy']:.4f})")
-    card = ModelCard(framework="pytorch", accuracy=test["accuracy"], class_names=ds.class_names,
-                     architecture=spec["architecture"], params=models.count_params(model),
-                     input_shape=list(ds.feature_shape), extra={"warm_start": warm_start})
-    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "warm_start_accuracy": start["accuracy"],
-               "best_val_loss": fitted["best_val_loss"], "epochs_run": fitted["epochs_run"],
-               "wall_seconds": fitted["seconds"]}
-    return StepResult(card, metrics, confusion_matrix=test["confusion_matrix"]).as_dict()
+                                                   "task": task, "warm_start": warm_start})
+    log(f"[train-challenger] test {quality.said(metric, test[metric])} (from {quality.fmt(metric, start[metric])})")
+    scores = {k: test[k] for k in quality.score_names(task)}
+    regression = task == "regression"
+    card = ModelCard(framework="pytorch", accuracy=None if regression else test["accuracy"],
+                     class_names=ds.class_names, task=task if regression else None,
+                     scores=scores if regression else {}, architecture=spec["architecture"],
+                     params=models.count_params(model), input_shape=list(ds.feature_shape),
+                     extra={"warm_start": warm_start})
+    metrics = {**{f"test_{k}": v for k, v in scores.items()}, "test_loss": test["loss"],
+               f"warm_start_{metric}": start[metric], "best_val_loss": fitted["best_val_loss"],
+               "epochs_run": fitted["epochs_run"], "wall_seconds": fitted["seconds"]}
+    return StepResult(card, metrics, confusion_matrix=test.get("confusion_matrix")).as_dict()
 
 
 def score(dataset_dir: str, torch_model: str, onnx_model: str, out_json: str, *, champion_repository: str = "",
@@ -102,15 +115,18 @@ def score(dataset_dir: str, torch_model: str, onnx_model: str, out_json: str, *,
     the latest version in `champion_repository`, measured side by side on the same test split."""
     variants = comparison.with_champion([Variant("challenger torch fp32", torch_model, "torch", Role.BASELINE),
                                          Variant("challenger onnx fp32", onnx_model, "onnx", Role.CANDIDATE)],
-                                        champion_repository, model_name, log=log, label="score")
+                                        champion_repository, model_name, log=log, label="score",
+                                        task=load_dataset(dataset_dir).task)
     return comparison.benchmark(variants, dataset_dir, out_json, threads=threads, window_seconds=window_seconds,
                                 max_windows=max_windows, log=log)
 
 
 def summary(results: dict) -> dict:
-    """The score step's record: the challenger's accuracy and the champion's, when one is deployed."""
+    """The score step's record: the challenger's quality metric (accuracy, or rmse) and the
+    champion's, when one is deployed."""
+    metric = quality.metric_of(results).name
     rows = {r["role"]: r for r in results["variants"]}
-    figures = {"challenger_accuracy": rows[Role.CANDIDATE]["accuracy"]}
+    figures = {f"challenger_{metric}": rows[Role.CANDIDATE][metric]}
     if Role.CHAMPION in rows:
-        figures["champion_accuracy"] = rows[Role.CHAMPION]["accuracy"]
+        figures[f"champion_{metric}"] = rows[Role.CHAMPION][metric]
     return comparison.summary(results, figures)

@@ -41,6 +41,7 @@ class ModelInfo:
     """The version's meta.json, as far as serving is concerned."""
     class_names: tuple[str, ...] = ()
     input: dict = field(default_factory=dict)
+    task: str = "classification"  # regression: the output is the value itself, nothing is derived
 
     @classmethod
     def read(cls, folder: Path) -> "ModelInfo":
@@ -59,7 +60,8 @@ class ModelInfo:
         block = doc.get("input") or {}
         if not isinstance(block, dict):
             raise ModelpressError(f"{path}: 'input' must be an object describing what to send, got {block!r}")
-        return cls(tuple(names), block)
+        task = doc.get("task") or "classification"
+        return cls(tuple(names), block, task)
 
 
 def scores_output(mv) -> str | None:
@@ -85,7 +87,7 @@ def check_info(mv) -> None:
 
 def derived(mv) -> set[str]:
     """Derived outputs this version can add (a model output of the same name wins)."""
-    if scores_output(mv) is None:
+    if mv.info.task == "regression" or scores_output(mv) is None:
         return set()
     names = {PROBABILITIES} | ({LABEL} if mv.info.class_names else set())
     return names - {t.name for t in mv.outputs}
@@ -100,6 +102,7 @@ def metadata_parameters(mv) -> dict:
         out["input"] = mv.info.input
     if mv.info.class_names:
         out["class_names"] = list(mv.info.class_names)
+    out["task"] = mv.info.task
     extra = derived(mv)
     if extra:
         out["derived_outputs"] = {n: DERIVED_HELP[n] for n in sorted(extra)}

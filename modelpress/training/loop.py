@@ -1,11 +1,18 @@
-"""Training and evaluation loops shared by train, prune (fine-tune) and distil."""
+"""The training loop shared by train, prune (fine-tune), distil and the distributed workers.
+
+Two tasks: classification (cross-entropy on logits) and regression (MSE on the model's one
+output). A regression model answers in the target's own units (models.InputNormalised
+de-standardises inside it), so its losses here are taken on standardised values,
+((prediction - y) / target_std)^2, keeping them near 1 whatever the target's scale; RMSE,
+MAE and R² are reported in the target's units.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -13,17 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelpress import models
 from modelpress.core.errors import ModelpressError
-from modelpress.core.results import ModelCard, StepResult
-from modelpress.core.timing import timed
-from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.dataset import Dataset
 from modelpress.evaluation.torch_scoring import evaluate
-from modelpress.models import flops as flops_mod
 
 OPTIMISERS = ("adamw", "adam", "sgd")
-# loss(logits, y, aux) -> scalar, where aux is the batch's rows of `fit(aux=...)` (or None);
-# distillation passes the teacher's logits there.
+# loss(outputs, y, aux) -> scalar, where aux is the batch's rows of `fit(aux=...)` (or None);
+# distillation passes the teacher's outputs there.
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -40,8 +43,10 @@ class TrainSettings:
 
     def validate(self) -> "TrainSettings":
         problems = []
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            problems.append(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        # 0 is "take the trained model as it is" (train with weights); fit() itself needs >= 1
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
+            problems.append(f"epochs must be a whole number >= 0 (0: take your trained model as it is), "
+                            f"got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             problems.append(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
@@ -89,6 +94,41 @@ def check_finite(loss: torch.Tensor, epoch: int) -> None:
                               "lower learning_rate")
 
 
+def require_epochs(settings: TrainSettings) -> None:
+    if settings.epochs < 1:
+        raise ModelpressError(f"training needs epochs >= 1, got {settings.epochs}; epochs 0 (the model as it is, "
+                              "not trained) is for the train step with weights set")
+
+
+def target_std(ds: Dataset) -> float:
+    """The regression target's training-split std: the scale regression losses are taken on."""
+    target = (ds.schema.get("normalisation") or {}).get("target") or {}
+    std = float(target.get("std") or np.std(ds.train.y) or 1.0)
+    return std if std > 1e-12 else 1.0
+
+
+def standardised_mse(pred: torch.Tensor, y: torch.Tensor, std: float) -> torch.Tensor:
+    """Mean of ((pred - y) / std)^2 over one-column predictions (target units in, ~1 out)."""
+    return (((pred.reshape(len(y), -1)[:, 0] - y) / std) ** 2).mean()
+
+
+def task_loss(ds: Dataset) -> LossFn:
+    """The training loss of the dataset's task: cross-entropy, or MSE on standardised targets."""
+    if ds.task == "regression":
+        std = target_std(ds)
+        return lambda out, y, _aux: standardised_mse(out, y, std)
+    return lambda logits, y, _aux: F.cross_entropy(logits, y)
+
+
+def validation_scores(model: nn.Module, ds: Dataset, device) -> dict:
+    """The validation split's scores; for regression `loss` is put on the training loss's
+    (standardised) scale so train and validation losses compare, `rmse` stays in target units."""
+    val = evaluate(model, ds.validation.x, ds.validation.y, ds.num_outputs, device, task=ds.task)
+    if ds.task == "regression":
+        val["loss"] = val["loss"] / target_std(ds) ** 2
+    return val
+
+
 class Progress:
     """Per-epoch history and log lines, early stopping on validation loss, the best weights."""
 
@@ -100,10 +140,13 @@ class Progress:
     def end_epoch(self, epoch: int, train_loss: float, seen: int, val: dict, seconds: float,
                   model: nn.Module, **extra) -> bool:
         """Record the epoch; keep the weights if validation improved. True: stop training."""
-        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-                             "val_accuracy": val["accuracy"], "seconds": seconds, **extra})
+        regression = "rmse" in val
+        score = {"val_rmse": val["rmse"]} if regression else {"val_accuracy": val["accuracy"]}
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], **score,
+                             "seconds": seconds, **extra})
+        shown = f"val_rmse {val['rmse']:.4g}" if regression else f"val_acc {val['accuracy']:.4f}"
         self.log(f"[{self.label}] epoch {epoch}/{self.settings.epochs}  train_loss {train_loss:.4f}  "
-                 f"val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}  "
+                 f"val_loss {val['loss']:.4f}  {shown}  "
                  f"{seen / seconds:,.0f} samples/s  {seconds:.1f}s")
         if val["loss"] < self.best_val - 1e-6:
             self.best_val, self.best_epoch, self.stale = val["loss"], epoch, 0
@@ -168,6 +211,7 @@ def run_epochs(model: nn.Module, settings: TrainSettings, *, batches: Callable[[
     together). `trained` is the module put in train mode every epoch (a DDP wrapper, a
     pipeline stage; `model` by default). Returns the run's summary and every step's seconds.
     """
+    require_epochs(settings)
     trained = model if trained is None else trained
     progress = Progress(settings, log, label)
     step_seconds = []
@@ -196,8 +240,11 @@ def run_epochs(model: nn.Module, settings: TrainSettings, *, batches: Callable[[
 def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: LossFn | None = None,
         aux: np.ndarray | None = None, log: Callable[[str], None] = print,
         label: str = "train") -> dict:
-    """Train in place with early stopping on validation loss; keep the best weights."""
+    """Train in place with early stopping on validation loss; keep the best weights.
+
+    The loss is the dataset's task loss (`task_loss`) unless `loss_fn` is given."""
     settings.validate()
+    require_epochs(settings)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -205,68 +252,9 @@ def fit(model: nn.Module, ds: Dataset, settings: TrainSettings, *, loss_fn: Loss
     n, batch = len(ds.train.x), settings.batch_size
     opt, sched = make_optimiser(model.parameters(), settings, settings.epochs * math.ceil(n / batch))
     step = batch_step(model, opt, sched, torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y), device,
-                      loss_fn=loss_fn, aux=torch.from_numpy(aux) if aux is not None else None)
+                      loss_fn=loss_fn or task_loss(ds), aux=torch.from_numpy(aux) if aux is not None else None)
     fitted, _ = run_epochs(
         model, settings, step=step, device=device, examples_per_epoch=n, log=log, label=label,
         batches=lambda _epoch: torch.randperm(n, generator=gen).split(batch),  # a new order every epoch
-        validate=lambda: evaluate(model, ds.validation.x, ds.validation.y, len(ds.class_names), device))
+        validate=lambda: validation_scores(model, ds, device))
     return fitted
-
-
-def prepare(dataset_dir: str, architecture: str, model_args: dict | None,
-            settings: TrainSettings) -> tuple[Dataset, dict, nn.Module]:
-    """Load the dataset artifact and build the seeded model it asks for."""
-    ds = load_dataset(dataset_dir)
-    spec = models.make_spec(architecture, ds.feature_shape, len(ds.class_names),
-                            normalisation=ds.schema.get("normalisation"), **(model_args or {}))
-    torch.manual_seed(settings.seed)
-    return ds, spec, models.build(spec)
-
-
-def describe(model: nn.Module, ds: Dataset, spec: dict, settings: TrainSettings, label: str,
-             log: Callable[[str], None]) -> int:
-    """Log the model's size and cost; return its forward FLOPs per example."""
-    fwd = flops_mod.forward_flops(model, ds.feature_shape)
-    log(f"[{label}] {spec['architecture']} with {models.count_params(model):,} parameters, "
-        f"{fwd / 1e6:.2f} MFLOPs per example; {len(ds.train.x)} training examples; "
-        f"settings {asdict(settings)}")
-    return fwd
-
-
-def finish(model: nn.Module, spec: dict, ds: Dataset, settings: TrainSettings, fitted: dict,
-           fwd: int, out_dir: str, *, label: str = "train",
-           log: Callable[[str], None] = print) -> dict:
-    """Score the trained model on the test split, save it, and build the train result."""
-    params = models.count_params(model)
-    test = evaluate(model, ds.test.x, ds.test.y, len(ds.class_names), fitted["device"])
-    compute = flops_mod.training_compute(fwd, fitted["examples_per_epoch"], fitted["epochs_run"],
-                                         fitted["seconds"])
-    card = ModelCard(framework="pytorch", accuracy=test["accuracy"], class_names=ds.class_names,
-                     architecture=spec["architecture"], params=params, flops=fwd,
-                     input_shape=list(ds.feature_shape))
-    models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings),
-                                                   "class_names": ds.class_names})
-    metrics = {
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "final_train_loss": fitted["final_train_loss"], "best_val_loss": fitted["best_val_loss"],
-        "epochs_run": fitted["epochs_run"], "wall_seconds": fitted["seconds"],
-        "samples_per_s": fitted["samples_seen"] / fitted["seconds"] if fitted["seconds"] else 0.0,
-        "params": params, **compute,
-    }
-    log(f"[{label}] test accuracy {test['accuracy']:.4f}; {compute['training_flops']:.3g} training FLOPs "
-        f"({compute['training_pflop_days']:.3g} PF-days), achieved "
-        f"{compute['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s")
-    return StepResult(card, metrics, confusion_matrix=test["confusion_matrix"],
-                      extra={"history": fitted["history"]}).as_dict()
-
-
-@timed
-def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
-          model_args: dict | None = None, settings: TrainSettings | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train a model from the registry on a dataset artifact; save it; return the result."""
-    settings = (settings or TrainSettings()).validate()
-    ds, spec, model = prepare(dataset_dir, architecture, model_args, settings)
-    fwd = describe(model, ds, spec, settings, "train", log)
-    fitted = fit(model, ds, settings, log=log)
-    return finish(model, spec, ds, settings, fitted, fwd, out_dir, log=log)

@@ -104,6 +104,10 @@ def git_sha() -> str:
 
 
 def path_parameter(key: str, value: str, *, must_exist: bool) -> str:
+    if key == "code_dir":
+        raise ModelpressError(f"code_dir={value!r}: on Vertex AI your model's code is in the image: put its "
+                              "package in user_code/ (make images copies it; user_code/README.md) and leave "
+                              "code_dir empty")
     raise ModelpressError(f"{key}={value!r}: on Vertex AI paths must be gs:// URIs (upload it with "
                           "`gcloud storage cp`, see docs/vertex.md)")
 

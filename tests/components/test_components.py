@@ -65,7 +65,7 @@ def test_train_component_rejects_bad_settings(chain, tmp_path):
     with pytest.raises(ModelpressError, match="epochs must be"):
         train.python_func(dataset=chain["ds"], model=_art(Model, tmp_path / "m"),
                           metrics=_art(Metrics, tmp_path / "x"), classification=_art(ClassificationMetrics, tmp_path / "c"),
-                          architecture="cnn", model_args={}, epochs=0, batch_size=64, learning_rate=1e-3,
+                          architecture="cnn", model_args={}, epochs=-1, batch_size=64, learning_rate=1e-3,
                           optimizer="adamw", weight_decay=0.0, seed=0, patience=0, device="auto")
     assert not (tmp_path / "m").exists()
 

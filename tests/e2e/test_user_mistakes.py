@@ -21,6 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
     ("training", "source=no/such/data.csv", ["source", "no/such/data.csv", "does not exist"]),
     ("optimise", "tolerance_mode=percent", ["tolerance_mode", "absolute", "relative"]),
     ("optimise", "objective=speed", ["objective", "p50", "throughput"]),
+    # your model (issue 12): each refused before the data step, naming the fix
+    ("optimise", "architecture=torchvision:resnet81", ["architecture", "resnet81", "resnet18"]),
+    ("optimise", "architecture=timm:resnet_tiny_xx", ["architecture", "timm", "resnet_tiny_xx"]),
+    ("optimise", "architecture=no_such_pkg.nets:Net", ["architecture", "no_such_pkg.nets", "code_dir"]),
+    ("optimise", "steps=[prune, qantise]", ["steps", "'qantise'", "did you mean 'quantise'"]),
+    ("optimise", "epochs=0", ["epochs 0", "set weights"]),
+    ("optimise", "weights=no/such/ckpt.pth", ["weights", "no/such/ckpt.pth", "does not exist"]),
 ])
 def test_bad_values_fail_before_any_step_in_one_line(tmp_path, capsys, monkeypatch, pipeline, setting, named):
     monkeypatch.chdir(tmp_path)

@@ -87,6 +87,9 @@ def test_the_normalisation_buffers_carry_the_names_quantisation_keeps_in_fp32():
 
     model = models.build(models.make_spec("mlp", [3], 2, normalisation={"kind": "per-feature", "mean": [0, 1, 2],
                                                                        "std": [1, 1, 2]}))
-    assert tuple(name for name, _ in model.named_buffers()) == runtime.NORMALISATION_CONSTANTS
+    assert tuple(name for name, _ in model.named_buffers()) == runtime.NORMALISATION_CONSTANTS[:2]
+    regression = models.build(models.make_spec("mlp", [3], 1, normalisation={
+        "kind": "per-feature", "mean": [0, 1, 2], "std": [1, 1, 2], "target": {"mean": 150.0, "std": 70.0}}))
+    assert tuple(name for name, _ in regression.named_buffers()) == runtime.NORMALISATION_CONSTANTS
     x = torch.tensor([[0.0, 1.0, 4.0]])
     assert torch.allclose((x - model.mean) * model.inv_std, torch.tensor([[0.0, 0.0, 1.0]]))

@@ -46,7 +46,7 @@ def test_training_is_reproducible(digits_dir, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0), ("optimizer", "lion"),
+    ("epochs", -1), ("epochs", 1.5), ("batch_size", -1), ("learning_rate", 0.0), ("optimizer", "lion"),
     ("weight_decay", -0.1), ("patience", -1), ("device", "tpu"),
 ])
 def test_invalid_settings_are_named(field, value):

@@ -40,8 +40,12 @@ def test_images_and_resources_follow_the_target(compiled):
         image = settings.load(target).target.image
         # optimise: every step a project component (vertex training runs a custom job: test_vertex.py)
         text = (out / target / "optimise.yaml").read_text()
-        images = {e["container"]["image"] for e in yaml.safe_load(text)["deploymentSpec"]["executors"].values()}
+        executors = yaml.safe_load(text)["deploymentSpec"]["executors"].values()
+        images = {e["container"]["image"] for e in executors if "container" in e}
         assert images == {image}
+        # the ONNX start: brought in by an importer from the onnx_model parameter
+        (importer,) = [e["importer"] for e in executors if "importer" in e]
+        assert importer["artifactUri"] == {"runtimeParameter": "uri"}
     assert "resourceCpuLimit" in (out / "vertex" / "training.yaml").read_text()
     assert "resourceCpuLimit" not in (out / "local" / "training.yaml").read_text()
 

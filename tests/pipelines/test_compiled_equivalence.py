@@ -54,7 +54,9 @@ def _tasks(spec: dict, dag: dict, prefix: str, out: dict) -> None:
             entry["condition"] = task["triggerPolicy"]["condition"]
         if "iteratorPolicy" in task or "parameterIterator" in task:
             entry["iterator"] = True
-        if "executorLabel" in component:
+        if "executorLabel" in component and "importer" in executors[component["executorLabel"]]:
+            entry["importer"] = executors[component["executorLabel"]]["importer"]
+        elif "executorLabel" in component:
             container = executors[component["executorLabel"]]["container"]
             entry["image"] = container["image"]
             entry["resources"] = container.get("resources", {})

@@ -21,7 +21,7 @@ def test_types_are_checked_and_ints_accepted_for_floats():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"epochs": 0}, "epochs must be"), ({"learning_rate": -1.0}, "learning_rate"),
+    ({"epochs": -1}, "epochs must be"), ({"learning_rate": -1.0}, "learning_rate"),
     ({"architecture": "vgg"}, "unknown architecture"),
 ])
 def test_invalid_values_fail_before_running(values, message):
@@ -80,7 +80,7 @@ def test_built_in_names_are_not_paths():
     from modelpress.selection.retraining import CHAMPION
     from pipelines import settings
 
-    assert settings.NOT_PATHS == {*BUILTIN_SOURCES, CHAMPION}
+    assert settings.NOT_PATHS == {*BUILTIN_SOURCES, CHAMPION, "none"}  # "none": no ONNX start
     params = settings.load("local").pipeline_parameters("retraining", {"warm_start": CHAMPION,
                                                                        "source": BUILTIN_SOURCES[0]})
     assert (params["warm_start"], params["source"]) == (CHAMPION, BUILTIN_SOURCES[0])

@@ -16,6 +16,8 @@ import torch
 
 from modelpress import training
 from modelpress.core.errors import ModelpressError
+from modelpress.core.fileio import local_path
+from modelpress.data.dataset import load_dataset
 from modelpress.training.distributed import ddp, pipeline
 from modelpress.training.distributed.layout import Layout, Nodes, cpu_cores, resolve_nodes
 from modelpress.training.distributed.ranks import LABEL, Rank
@@ -50,6 +52,12 @@ def plan(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_arg
          environ: Mapping[str, str] | None = None, verbose: bool = True) -> Job:
     """Check everything that can be checked before any process starts; build the job."""
     settings = (settings or training.TrainSettings()).validate()
+    if settings.epochs < 1:
+        raise ModelpressError("distributed training needs epochs >= 1 (epochs 0, taking a trained model as it "
+                              "is, belongs to the optimise pipeline's train step)")
+    if (local_path(dataset_dir) / "schema.json").exists() and load_dataset(dataset_dir).task != "classification":
+        raise ModelpressError("distributed training trains classifiers for now; train a regression model with "
+                              "the train step (the training pipeline locally, or the optimise pipeline)")
     layout = (layout or Layout()).validate()
     nodes = resolve_nodes(layout, os.environ if environ is None else environ)
     device_type = training.resolve_device(settings.device).type

@@ -1,0 +1,79 @@
+"""The README's "Optimise your own model" configs are complete: each loads as a local config and
+passes every check a run makes before it starts (with stand-ins for the user's files)."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from modelpress.core.errors import ModelpressError
+from pipelines import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _configs() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Optimise your own model", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, re.S)
+
+
+def test_the_three_ways_in_are_documented():
+    bodies = [yaml.safe_load(b)["parameters"]["optimise"] for b in _configs()]
+    assert len(bodies) == 3
+    assert bodies[0]["architecture"].startswith("torchvision:") and bodies[0]["epochs"] == 0
+    assert ":" in bodies[1]["architecture"] and "code_dir" in bodies[1]
+    assert bodies[2]["onnx_model"].endswith(".onnx")
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_each_config_passes_the_checks_a_run_makes(tmp_path, monkeypatch, index):
+    body = _configs()[index]
+    values = yaml.safe_load(body)["parameters"]["optimise"]
+    monkeypatch.chdir(tmp_path)
+    # stand-ins for what the user brings: their data, code, weights and ONNX file
+    if values.get("source", "").endswith("/"):
+        (tmp_path / values["source"]).mkdir(parents=True)
+    if "code_dir" in values:
+        code = Path(values["code_dir"])
+        body = body.replace(str(code), str(tmp_path / "src"))
+        pkg = tmp_path / "src" / "acme_models"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "nets.py").write_text("from torch import nn\n\nclass SmallNet(nn.Sequential):\n"
+                                     "    def __init__(self, num_classes, width=16):\n"
+                                     "        super().__init__(nn.Flatten(), nn.LazyLinear(width), nn.ReLU(),"
+                                     " nn.Linear(width, num_classes))\n")
+        body = body.replace(values["weights"], str(tmp_path / "smallnet.pth"))
+        torch.save({}, tmp_path / "smallnet.pth")
+    for key in ("weights", "onnx_model"):
+        if key in values and "code_dir" not in values:
+            (tmp_path / values[key]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / values[key]).write_bytes(b"stand-in")
+    config = tmp_path / "mine.yaml"
+    config.write_text(body)
+    cfg = settings.load("local", config)  # loading checks every parameter
+    params = cfg.pipeline_parameters("optimise")
+    for key in ("weights", "onnx_model", "code_dir"):
+        if key in values:
+            assert Path(params[key]).is_absolute()  # steps get absolute paths
+
+
+def test_a_recipe_with_a_misspelt_step_is_refused_before_anything_runs(tmp_path):
+    cfg = settings.load("local")
+    with pytest.raises(ModelpressError, match=r"'qantise' is not a compression step \(did you mean 'quantise'\?\)"):
+        cfg.pipeline_parameters("optimise", {"steps": ["prune", "qantise"]})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, "epochs 0 takes your trained model as it is: set weights"),
+    ({"replace_head": True}, "set weights to your checkpoint"),
+    ({"onnx_model": "gs://b/m.onnx", "steps": ["prune", "quantise"]}, r"steps \['prune'\] need a torch model"),
+    ({"normalise": "imagenett"}, "unknown normalise .imagenett.; normalise must be .dataset."),
+    ({"task": "regresion"}, "task must be one of auto, classification, regression"),
+])
+def test_starting_points_that_do_not_fit_are_refused(overrides, message):
+    with pytest.raises(ModelpressError, match=message):
+        settings.load("local").pipeline_parameters("optimise", overrides)
