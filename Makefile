@@ -40,7 +40,7 @@ clean: ## Remove build outputs and local runs (keeps .venv)
 bench-compression: $(STAMP) ## Measure every compression variant of the reference model (~15 min)
 	$(PY) benchmarks/compression.py --config configs/compression.yaml
 
-bench-byom: $(STAMP) ## A torchvision ResNet-18 checkpoint through the optimise pipeline with epochs 0 (~15 min)
+bench-byom: $(STAMP) ## A torchvision ResNet-18 checkpoint through the optimise pipeline with epochs 0 (~7 min)
 	$(PY) benchmarks/byom.py
 
 bench-distributed: $(STAMP) ## DDP throughput for 1..cores processes, scaling efficiency, gradient bytes (~2 min)

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
            benchmarking.machine(args.threads), "threads": args.threads, "image_size": args.image_size,
            "checkpoint_epochs": args.epochs, "parameters": run["parameters"], "seconds": time.time() - t0}
     path = benchmarking.write_results(args.json, doc, markdown(doc))
-    log(f"results: {path} and {path.with_suffix('.md')}")
+    log(f"results: {args.json} and {path}")
     for t in doc["targets"]:
         log(f"target {t['target']}: {'met' if t['met'] else 'NOT met'} "
             f"({t.get('p50_ratio', float('nan')):.3f}x p50, {t.get('points_lost', float('nan')):.2f} points lost)")
