@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# user_code/ on the import path, as the images put it on PYTHONPATH (user_code/README.md)
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "modelpress_user_code.pth").write_text(str(pathlib.Path("user_code").resolve()) + "\n")'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install modelpress with pinned dependencies

@@ -14,6 +14,7 @@ def export_onnx(
     opset: int = 18,
     rtol: float = 1e-3,
     atol: float = 1e-4,
+    start_fingerprint: str = "",
 ):
     """Export a torch model to ONNX (dynamic batch) and verify it against torch, or take your ONNX file.
 
@@ -26,6 +27,8 @@ def export_onnx(
         rtol: Relative tolerance of the logits against torch's.
         atol: Absolute tolerance of the logits against torch's; any logit beyond atol + rtol * |torch|
             fails the step.
+        start_fingerprint: The content fingerprints of weights, onnx_model and code_dir (run_local.py and
+            submit.py fill it in): part of this step's cache key, so a file changed in place reruns it.
 
     Returns:
         onnx_model: The ONNX model (model.onnx with embedded weights + meta.json); its metadata is the

@@ -24,6 +24,7 @@ def train(
     replace_head: bool = False,
     code_dir: str = "",
     onnx_model: str = "none",
+    start_fingerprint: str = "",
 ):
     """Train (from scratch or your weights) or take your trained model as it is, and score it.
 
@@ -46,6 +47,8 @@ def train(
         replace_head: Swap the classifier in `weights` for one sized to the dataset's classes (fine-tune).
         code_dir: The folder holding your package when `architecture` is package.module:callable.
         onnx_model: The run starts from this ONNX file instead ("none": it does not); the step is skipped.
+        start_fingerprint: The content fingerprints of weights, onnx_model and code_dir (run_local.py and
+            submit.py fill it in): part of this step's cache key, so a file changed in place reruns it.
 
     Returns:
         model: The trained torch model (weights.safetensors + spec.json); its metadata is the model

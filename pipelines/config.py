@@ -121,7 +121,7 @@ def validate_values(values: dict) -> None:
     for arch_key, args_key in (("architecture", "model_args"), ("student_architecture", "student_args")):
         if arch_key in values and not (arch_key == "architecture" and recipe.onnx_start(values.get("onnx_model"))):
             models.check_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key,
-                                   code_dir=values.get("code_dir") or str(ROOT / "user_code"))
+                                   code_dir=values.get("code_dir") or "")
     if "quantisation_methods" in values:
         methods = values["quantisation_methods"]
         if not methods:
@@ -144,6 +144,10 @@ def validate_values(values: dict) -> None:
         task = values.get("task", "auto")
         if task == "auto":
             task = data.BUILTIN_TASKS.get(values.get("source"))
+        if task is None and policy.get("tolerance_mode", "absolute") == "absolute" and policy.get("tolerance", 0) >= 1:
+            raise ModelpressError(f"tolerance {policy['tolerance']} (absolute) is an error in the target's units, "
+                                  "which only regression has: set task: regression, or a tolerance below 1 "
+                                  "(accuracy points / 100)")
         decision.Policy(**policy).validate(task)
     if "model_name" in values:
         from modelpress.deploy.repository import check_name
@@ -157,6 +161,9 @@ def _check_start(values: dict) -> None:
 
     if "steps" in values:
         recipe.check_steps(values["steps"])
+    if "weights" not in values and values.get("epochs", 1) == 0:
+        raise ModelpressError("epochs 0 (take a trained model as it is) is a start of the optimise pipeline, "
+                              "with weights; this pipeline trains: set epochs >= 1")
     if "weights" in values or "onnx_model" in values:
         recipe.check_start(epochs=values.get("epochs", 1), weights=values.get("weights") or "",
                            replace_head=bool(values.get("replace_head")), onnx_model=values.get("onnx_model") or "",

@@ -29,6 +29,7 @@ def build(target: Target):
     def optimise(
         source: str = "digits",
         source_fingerprint: str = "",
+        start_fingerprint: str = "",
         label_column: str = "label",
         image_size: int = 0,
         channels: int = 0,
@@ -76,7 +77,8 @@ def build(target: Target):
         onnx_in = dsl.importer(artifact_uri=onnx_model, artifact_class=dsl.Model, reimport=False)
         onnx_in.set_display_name("import-onnx-model")
         train_task = t(train(dataset=ds, architecture=architecture, model_args=model_args, code_dir=code_dir,
-                             weights=weights, replace_head=replace_head, onnx_model=onnx_model, epochs=epochs,
+                             weights=weights, replace_head=replace_head, onnx_model=onnx_model,
+                             start_fingerprint=start_fingerprint, epochs=epochs,
                              batch_size=batch_size, learning_rate=learning_rate, seed=seed))
         prune_task = t(prune(model=train_task.outputs["model"], dataset=ds, method="structured",
                              amount=prune_amount, finetune_epochs=prune_finetune_epochs, seed=seed, recipe=steps))
@@ -84,7 +86,8 @@ def build(target: Target):
                                student_architecture=student_architecture, student_args=student_args,
                                code_dir=code_dir, temperature=temperature, alpha=alpha, epochs=distil_epochs,
                                seed=seed, recipe=steps))
-        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds, imported=onnx_in.output))
+        export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds, imported=onnx_in.output,
+                                    start_fingerprint=start_fingerprint))
         export_pruned = t(export_onnx(model=prune_task.outputs["pruned"], dataset=ds))
         export_student = t(export_onnx(model=distil_task.outputs["student"], dataset=ds))
         with dsl.ParallelFor(quantisation_methods, name="quantise-methods") as method:

@@ -22,7 +22,6 @@ from pipelines.signature import signature
 from pipelines.targets import Target
 
 CONFIG_DIR = ROOT / "configs"
-USER_CODE = ROOT / "user_code"  # your model's package; the images copy it to /opt/user_code
 LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start", "weights", "code_dir", "onnx_model"}
 INPUT_PATH_PARAMETERS = LOCAL_PATH_PARAMETERS - {"repository"}  # must exist before a run starts
 # built-in datasets; warm start from the deployed champion; no ONNX start
@@ -61,15 +60,28 @@ class TargetConfig:
         values = check_parameters(merged, sig, name)
         for key in LOCAL_PATH_PARAMETERS & set(sig):
             value = str(values.get(key, sig[key][1]) or "")
+            if key == "code_dir" and value and self.target.name == "vertex":
+                self.target.kind.path_parameter(key, value, must_exist=True)  # refused: the code is in the image
             if not value or value.startswith("gs://") or value in NOT_PATHS:
                 continue
             values[key] = self.target.kind.path_parameter(key, value, must_exist=key in INPUT_PATH_PARAMETERS)
-        if "code_dir" in sig and not values.get("code_dir") and self.target.name == "local":
-            values["code_dir"] = str(USER_CODE)  # what the images put on PYTHONPATH (user_code/README.md)
         if fingerprint and "source_fingerprint" in sig and not values.get("source_fingerprint"):
             values["source_fingerprint"] = content_fingerprint(values.get("source", sig["source"][1]),
                                                                gcs_client=gcs_client)
+        if fingerprint and "start_fingerprint" in sig and not values.get("start_fingerprint"):
+            values["start_fingerprint"] = start_fingerprint(values, gcs_client=gcs_client)
         return values
+
+
+START_FILES = ("weights", "onnx_model", "code_dir")  # what the user brings besides the data
+
+
+def start_fingerprint(values: dict, *, gcs_client=None) -> str:
+    """The content fingerprints of the weights, ONNX file and code a run starts from: part of the
+    train and baseline-export steps' cache keys, so a checkpoint overwritten in place reruns them."""
+    parts = [f"{key}={content_fingerprint(values[key], gcs_client=gcs_client)}" for key in START_FILES
+             if values.get(key) and values[key] not in NOT_PATHS]
+    return ";".join(parts)
 
 
 def parameter_help() -> str:

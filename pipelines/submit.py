@@ -131,6 +131,8 @@ def fingerprint_source(item: dict, cfg, *, dry_run: bool, log) -> None:
         return
     params["source_fingerprint"] = content_fingerprint(source)
     log(f"source {source}: content fingerprint {params['source_fingerprint']} (the data step's cache key)")
+    if "start_fingerprint" in params or any(params.get(k) for k in settings.START_FILES):
+        params["start_fingerprint"] = settings.start_fingerprint(params)
 
 
 def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[dict]:

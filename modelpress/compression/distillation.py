@@ -22,6 +22,7 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate, predict_logits
 from modelpress.models import flops as flops_mod
 from modelpress.training.loop import TrainSettings, fit, standardised_mse, target_std
@@ -126,7 +127,7 @@ def distil(teacher_dir: str, dataset_dir: str, out_dir: str, *, student_architec
     sizes = {"student_params": params, "teacher_params": tparams, "params_ratio": params / tparams,
              "epochs_run": fitted["epochs_run"], "wall_seconds": seconds}
     if regression:
-        scores = {k: test[k] for k in ("rmse", "mae", "r2")}
+        scores = {k: test[k] for k in REGRESSION_SCORES}
         card = ModelCard(framework="pytorch", accuracy=None, class_names=ds.class_names, task="regression",
                          scores=scores, architecture=student_architecture, params=params, flops=fwd,
                          extra={"teacher_rmse": t_q})

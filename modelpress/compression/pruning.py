@@ -27,6 +27,7 @@ from modelpress.data.dataset import load_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
+from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate
 from modelpress.training.loop import TrainSettings, fit
 
@@ -153,7 +154,7 @@ def check_rebuilds(model: nn.Module, spec: dict, name: str) -> None:
 
 def _scores(model: nn.Module, ds) -> dict:
     test = evaluate(model, ds.test.x, ds.test.y, ds.num_outputs, task=ds.task)
-    keys = ("rmse", "mae", "r2") if ds.task == "regression" else ("accuracy",)
+    keys = REGRESSION_SCORES if ds.task == "regression" else ("accuracy",)
     return {k: test[k] for k in keys}
 
 
@@ -211,12 +212,12 @@ def prune(model_dir: str, dataset_dir: str, out_dir: str, *, method: str = "stru
         "nonzero_weights": nonzero, "macs_before": before["macs"], "macs_after": after["macs"],
         "wall_seconds": seconds,
     }
-    for key in ("rmse", "mae", "r2") if regression else ("accuracy",):
+    for key in REGRESSION_SCORES if regression else ("accuracy",):
         metrics.update({f"{key}_before": before[key], f"{key}_after": after[key],
                         f"{key}_after_finetune": after[key]})
         if after_prune is not None:
             metrics[f"{key}_before_finetune"] = after_prune[key]
-    scores = {"accuracy": None, "task": "regression", "scores": {k: after[k] for k in ("rmse", "mae", "r2")}} \
+    scores = {"accuracy": None, "task": "regression", "scores": {k: after[k] for k in REGRESSION_SCORES}} \
         if regression else {"accuracy": after["accuracy"], "task": "classification"}
     card = ModelCard(framework="pytorch", class_names=ds.class_names, **scores,
                      architecture=spec["architecture"], params=after["params"], flops=after["macs"] * 2,

@@ -45,15 +45,9 @@ def check_start(*, epochs: int, weights: str, replace_head: bool, onnx_model: st
             raise ModelpressError(f"steps {torch_only} need a torch model, but the run starts from the ONNX file "
                                   f"{onnx_model}; set steps: [quantise] (or []), or start from torch weights")
         return
-    if replace_head and not weights:
-        raise ModelpressError("replace_head swaps the classifier of your weights for the dataset's classes; "
-                              "set weights to your checkpoint, or drop replace_head")
-    if epochs == 0 and not weights:
-        raise ModelpressError("epochs 0 takes your trained model as it is: set weights to its .safetensors or "
-                              ".pth state dict (or onnx_model to an .onnx file), or set epochs >= 1 to train")
-    if epochs == 0 and replace_head:
-        raise ModelpressError("replace_head with epochs 0 would deploy an untrained classifier; fine-tune it "
-                              "(epochs >= 1) or drop replace_head")
+    from modelpress.training import TrainSettings, check_start as check_torch_start
+
+    check_torch_start(TrainSettings(epochs=epochs), weights, replace_head)  # the one rule for torch starts
 
 
 def skip_reason(step: str, steps, *inputs_skipped: dict | None) -> str | None:

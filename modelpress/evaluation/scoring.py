@@ -38,14 +38,14 @@ QUALITY = {"classification": QualityMetric("accuracy", True, "accuracy"),
            "regression": QualityMetric("rmse", False, "RMSE")}
 
 
-def check_task(task: str) -> str:
+def _known_task(task: str) -> str:
     if task not in TASKS:
         raise ModelpressError(f"task must be one of {list(TASKS)} (or 'auto' for the dataset step), got {task!r}")
     return task
 
 
 def quality_metric(task: str | None) -> QualityMetric:
-    return QUALITY[check_task(task or "classification")]
+    return QUALITY[_known_task(task or "classification")]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
@@ -85,6 +85,10 @@ def score_outputs(outputs: np.ndarray, y: np.ndarray, task: str = "classificatio
                   num_classes: int | None = None) -> dict:
     """The task's scores: classification {accuracy, loss, confusion_matrix};
     regression {rmse, mae, r2, loss}."""
-    if check_task(task) == "regression":
+    if _known_task(task) == "regression":
         return score_regression(outputs, y)
-    return score_logits(outputs, y, int(num_classes if num_classes is not None else outputs.shape[1]))
+    n = int(num_classes if num_classes is not None else outputs.shape[1])
+    if outputs.ndim != 2 or outputs.shape[1] != n:  # e.g. a regression model scored on classes
+        raise ModelpressError(f"a classifier of {n} classes gives {n} logits per example; this model gives "
+                              f"outputs of shape {list(outputs.shape)}")
+    return score_logits(outputs, y, n)

@@ -18,7 +18,7 @@ from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.data.dataset import Dataset, load_dataset
-from modelpress.evaluation import score_outputs
+from modelpress.evaluation import REGRESSION_SCORES, score_outputs
 from modelpress.export import runtime
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -47,7 +47,8 @@ def check_signature(model, ds: Dataset, source: str) -> None:
     want = [-1, *ds.feature_shape]
     dims = _dims(x)
     fixed = [d if isinstance(d, int) and d > 0 else -1 for d in dims]
-    if len(fixed) != len(want) or any(f != w for f, w in zip(fixed[1:], want[1:])):
+    # a symbolic dim (-1) takes any size: only fixed sizes must equal the dataset's
+    if len(fixed) != len(want) or any(f not in (-1, w) for f, w in zip(fixed[1:], want[1:])):
         raise ModelpressError(
             f"{source}: the model's input {x.name!r} has shape {fixed} but the dataset's examples have shape "
             f"{want} (batch first). Make the dataset match the model (image_size, channels) or export the "
@@ -69,6 +70,12 @@ def add_normalisation(model, norm: dict | None) -> bool:
     if not norm or _identity(norm):
         return False
     graph = model.graph
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    clash = sorted(taken & {"mean", "inv_std"})
+    if clash:  # quantisation keeps tensors of these names fp32: they must be the normalisation's
+        raise ModelpressError(f"your ONNX graph already has tensors named {clash}, the names modelpress gives the "
+                              "input normalisation it puts in front; set normalise: none (normalise inside your "
+                              "model) or rename those tensors")
     x = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}][0]
     rank = len(x.type.tensor_type.shape.dim)
     shape = (1, -1, 1, 1) if norm["kind"] == "per-channel" and rank == 4 else (1, -1)
@@ -108,6 +115,9 @@ def import_onnx(onnx_path: str, dataset_dir: str, out_dir: str, *, log: Callable
     t0 = time.perf_counter()
     norm = ds.schema.get("normalisation")
     norm = {k: norm[k] for k in ("kind", "mean", "std")} if norm else None  # an imported model answers in its own units
+    if (ds.schema.get("preprocessing") or {}).get("normalise") == "dataset":
+        log("[import-onnx] normalise: dataset puts this dataset's training-split mean/std in front of your model; "
+            "set normalise: none if it takes raw features, or imagenet / {mean, std} for what it was trained on")
     with atomic_dir(local_path(out_dir)) as tmp:
         out = tmp / runtime.ONNX_FILE
         normalised = add_normalisation(model, norm)
@@ -125,7 +135,7 @@ def import_onnx(onnx_path: str, dataset_dir: str, out_dir: str, *, log: Callable
         regression = ds.task == "regression"
         card = ModelCard(
             framework="onnx", accuracy=None if regression else scores["accuracy"], class_names=ds.class_names,
-            task=ds.task, scores={k: scores[k] for k in ("rmse", "mae", "r2")} if regression else {},
+            task=ds.task, scores={k: scores[k] for k in REGRESSION_SCORES} if regression else {},
             architecture=f"onnx:{path.name}", input_shape=[-1, *ds.feature_shape],
             extra={"format": "onnx", "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                                                   default=None),
@@ -143,6 +153,6 @@ def import_onnx(onnx_path: str, dataset_dir: str, out_dir: str, *, log: Callable
         f"{'dataset normalisation added in front' if normalised else 'no normalisation added'}, "
         f"ONNX Runtime test {quality}, {seconds:.1f}s")
     metrics = {"size_bytes": card.extra["size_bytes"], "import_seconds": seconds,
-               **({f"test_{k}": scores[k] for k in ("rmse", "mae", "r2")} if regression
+               **({f"test_{k}": scores[k] for k in REGRESSION_SCORES} if regression
                   else {"test_accuracy": scores["accuracy"]})}
     return StepResult(card, metrics).as_dict()

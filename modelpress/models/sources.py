@@ -24,7 +24,7 @@ from modelpress.core.errors import ModelpressError
 
 TORCHVISION, TIMM, MODULE, BUILTIN = "torchvision", "timm", "module", "builtin"
 # weights come from load_weights; a download or hub lookup inside a pipeline step is refused
-_DOWNLOAD_ARGS = {TORCHVISION: ("weights", "weights_backbone"), TIMM: ("pretrained", "pretrained_cfg_overlay")}
+_DOWNLOAD_ARGS = {TORCHVISION: ("weights", "weights_backbone"), TIMM: ("pretrained", "pretrained_cfg_overlay", "checkpoint_path")}
 
 
 def source_kind(architecture: str) -> str:

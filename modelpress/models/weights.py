@@ -175,6 +175,12 @@ def _check_fit(state: dict, expected: dict, path: str, skip: str | None) -> None
     parts = [f"{label} {len(items)}: {', '.join(items[:SHOWN])}{' ...' if len(items) > SHOWN else ''}"
              for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
              if items]
-    raise ModelpressError(f"weights {path!r} do not fit this model: {'; '.join(parts)}. Set architecture and "
-                          "model_args to the model the checkpoint was saved from; if only the output layer "
+    channels = [(tuple(state[k].shape)[1], tuple(expected[k].shape)[1]) for k in state
+                if k in expected and state[k].ndim == 4 and state[k].shape[0] == expected[k].shape[0]
+                and state[k].shape[2:] == expected[k].shape[2:] and state[k].shape[1] != expected[k].shape[1]]
+    hint = (f"; the checkpoint's first convolution takes {channels[0][0]} input channels and the data has "
+            f"{channels[0][1]}: set channels: {channels[0][0]} (grey images are repeated to RGB)"
+            if channels and channels[0][0] in (1, 3) else "")
+    raise ModelpressError(f"weights {path!r} do not fit this model: {'; '.join(parts)}{hint}. Set architecture "
+                          "and model_args to the model the checkpoint was saved from; if only the output layer "
                           "differs (another number of classes), set replace_head: true")

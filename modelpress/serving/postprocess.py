@@ -162,6 +162,9 @@ def plan(mv, outputs: list[str] | None, classification: dict[str, int], params: 
 
 
 def _unavailable(mv, name: str) -> str:
+    if mv.info.task == "regression":
+        return (f"model {mv.name} is a regression model: its output is the predicted value itself, so there is "
+                f"no {name!r}; ask for {sorted(t.name for t in mv.outputs)}")
     if name == LABEL and scores_output(mv) is not None:
         return (f"model {mv.name} version {mv.version} has no class names (meta.json class_names), so no "
                 f"'{LABEL}' output; ask for {SCORES!r} or {PROBABILITIES!r}")

@@ -16,6 +16,7 @@ from modelpress.core.fileio import local_path
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate
 from modelpress.models import flops as flops_mod
 from modelpress.training.loop import TrainSettings, fit, resolve_device, validation_scores
@@ -44,7 +45,7 @@ def describe(model: nn.Module, ds: Dataset, spec: dict, settings: TrainSettings,
 def scores_by_task(ds: Dataset, test: dict) -> tuple[dict, dict]:
     """The card's fields and the metrics of the test split's scores, by task."""
     if ds.task == "regression":
-        scores = {k: test[k] for k in ("rmse", "mae", "r2")}
+        scores = {k: test[k] for k in REGRESSION_SCORES}
         return ({"accuracy": None, "task": "regression", "scores": scores},
                 {f"test_{k}": v for k, v in scores.items()})
     return ({"accuracy": test["accuracy"], "task": "classification"},
@@ -116,7 +117,8 @@ def check_start(settings: TrainSettings, weights: str, replace_head: bool) -> st
     """Which start the arguments ask for (scratch, fine-tune, as-is), or an error naming the fix."""
     if settings.epochs == 0 and not weights:
         raise ModelpressError("epochs 0 takes your trained model as it is: set weights to its .safetensors/.pth "
-                              "file, or set epochs >= 1 to train")
+                              "file (or, in the optimise pipeline, onnx_model to an .onnx file), or set epochs >= 1 "
+                              "to train")
     if replace_head and not weights:
         raise ModelpressError("replace_head swaps the classifier of your weights for the dataset's classes; "
                               "set weights to your checkpoint, or drop replace_head")

@@ -63,3 +63,27 @@ def test_the_dataset_normalisation_goes_in_front_and_the_file_is_scored(tmp_path
     assert meta["accuracy"] == result["metrics"]["test_accuracy"]
     constants = {i.name for i in runtime.load_onnx(out).graph.initializer}
     assert set(runtime.NORMALISATION_CONSTANTS[:2]) <= constants  # quantisation keeps them fp32
+
+
+def test_symbolic_image_sizes_take_the_dataset_and_clashing_names_are_refused(tmp_path, digits_dir):
+    import onnx
+
+    class AnySize(nn.Module):  # a fully convolutional model: any height and width
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 10, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    net = AnySize()
+    path = tmp_path / "any_size.onnx"
+    torch.onnx.export(net.eval(), (torch.zeros(2, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n"}})
+    onnx_import.import_onnx(str(path), digits_dir, str(tmp_path / "ok"), log=lambda s: None)  # H, W symbolic: fine
+    model = onnx.load(str(path))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), "mean"))
+    onnx.save(model, str(tmp_path / "clash.onnx"))
+    with pytest.raises(ModelpressError, match=r"already has tensors named \['mean'\].*normalise: none"):
+        onnx_import.import_onnx(str(tmp_path / "clash.onnx"), digits_dir, str(tmp_path / "out"), log=lambda s: None)
+    assert not (tmp_path / "out").exists()

@@ -141,3 +141,11 @@ def test_head_is_the_output_layer(arch, shape, expected):
     name, layer = models.head(models.build(models.make_spec(arch, shape, 7)))
     assert name == expected
     assert (layer.out_features if isinstance(layer, torch.nn.Linear) else layer.out_channels) == 7
+
+
+def test_an_rgb_checkpoint_for_grey_data_names_the_channels_setting(tmp_path, trained):
+    _, state = trained
+    torch.save(state, tmp_path / "rgb.pth")
+    with pytest.raises(ModelpressError, match=r"conv1.weight: checkpoint \(64, 3, 7, 7\) vs model \(64, 1, 7, 7\)"
+                                              r".*set channels: 3"):
+        models.load_weights(_resnet(channels=1), str(tmp_path / "rgb.pth"), log=lambda s: None)

@@ -77,3 +77,20 @@ def test_a_recipe_with_a_misspelt_step_is_refused_before_anything_runs(tmp_path)
 def test_starting_points_that_do_not_fit_are_refused(overrides, message):
     with pytest.raises(ModelpressError, match=message):
         settings.load("local").pipeline_parameters("optimise", overrides)
+
+
+def test_pipelines_that_train_refuse_epochs_0_and_vertex_refuses_a_code_dir():
+    for pipeline in ("training", "retraining"):
+        with pytest.raises(ModelpressError, match="epochs 0 .* is a start of the optimise pipeline"):
+            settings.load("local").pipeline_parameters(pipeline, {"epochs": 0})
+    with pytest.raises(ModelpressError, match="code is in the image: put its package in user_code/"):
+        settings.load("vertex").pipeline_parameters("optimise", {"code_dir": "gs://b/code"})
+
+
+def test_an_absolute_tolerance_above_1_needs_task_regression(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "houses.csv").write_text("a,price\n1,2.5\n")
+    cfg = settings.load("local")
+    with pytest.raises(ModelpressError, match="set task: regression"):
+        cfg.pipeline_parameters("optimise", {"source": "houses.csv", "tolerance": 2.0})
+    cfg.pipeline_parameters("optimise", {"source": "houses.csv", "tolerance": 2.0, "task": "regression"})
