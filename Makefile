@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all compile clean bench-compression bench-distributed bench-byom serve bench-serving
+.PHONY: help install demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -27,6 +27,10 @@ install: $(STAMP) ## Create .venv and install modelpress with pinned dependencie
 demo: $(STAMP) ## Run the optimise pipeline locally on the built-in digits dataset
 	$(PY) pipelines/run_local.py optimise --config configs/local.yaml
 
+demo-text: $(STAMP) ## Run the optimise pipeline on text: made-up reviews (reviews.csv), configs/text.yaml
+	@test -f reviews.csv || $(PY) -c 'from modelpress.data.text import write_reviews; print("wrote", write_reviews("reviews.csv", 3000))'
+	$(PY) pipelines/run_local.py optimise --config configs/text.yaml
+
 test: $(STAMP) ## Run the test suite (slow tests excluded; see test-all)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -44,6 +48,9 @@ bench-compression: $(STAMP) ## Measure every compression variant of the referenc
 
 bench-byom: $(STAMP) ## A torchvision ResNet-18 checkpoint through the optimise pipeline with epochs 0 (~7 min)
 	$(PY) benchmarks/byom.py
+
+bench-text: $(STAMP) ## A BERT-style teacher, its ONNX variants and a distilled student on review texts (~15 min)
+	$(PY) benchmarks/text.py
 
 bench-distributed: $(STAMP) ## DDP throughput for 1..cores processes, scaling efficiency, gradient bytes (~2 min)
 	$(PY) benchmarks/distributed.py

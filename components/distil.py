@@ -27,8 +27,11 @@ def distil(
         teacher: The trained torch model to learn from.
         dataset: The teacher's dataset artifact; the student trains on its train split and both are
             scored on its test split.
-        student_architecture: The student's registry architecture: mlp, cnn or mobilenet_v2.
-        student_args: The student architecture's arguments, e.g. {"channels": [8, 16]}.
+        student_architecture: The student's architecture: a built-in (mlp, cnn, mobilenet_v2), torchvision:,
+            timm: or package.module:callable; for a text teacher: from-teacher (its own class with fewer
+            layers, each from every other teacher layer: DistilBERT-style) or bert (a fresh one).
+        student_args: The student architecture's arguments, e.g. {"channels": [8, 16]}; from-teacher:
+            {"layers": N} (default half the teacher's).
         temperature: The softmax temperature of the soft targets (> 0).
         alpha: The soft-target share of the loss, in [0, 1]; the rest is cross-entropy on the labels.
         epochs: Training epochs (no early stopping).

@@ -23,8 +23,9 @@ def prune(
     Args:
         model: The torch model to prune.
         dataset: The dataset artifact; fine-tuned on its train split, scored on its test split.
-        method: structured (channels removed: smaller and faster) or unstructured (weights zeroed:
-            smaller when compressed only).
+        method: structured (channels removed: smaller and faster; text models: attention heads and
+            feed-forward neurons, or skipped with the reason where Torch-Pruning cannot prune the model) or
+            unstructured (weights zeroed: smaller when compressed only).
         amount: The share of channels to remove (structured) or the target weight sparsity
             (unstructured), in [0, 1).
         steps: Unstructured only: pruning rounds on a cubic schedule, each followed by fine-tuning.

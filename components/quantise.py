@@ -22,8 +22,9 @@ def quantise(
     Args:
         onnx_model: The fp32 ONNX model to quantise.
         dataset: The dataset artifact; its train split calibrates static-int8, its test split scores.
-        method: static-int8, dynamic-int8 or fp16 (fp16 is meant for GPUs).
-        calibration_samples: Static-int8: training examples to calibrate on (100-500 is typical).
+        method: static-int8, dynamic-int8 or fp16 (fp16 is meant for GPUs); for text models also fused
+            (fp32 with ONNX Runtime's transformer fusions: attention, LayerNorm, GELU).
+        calibration_samples: Static-int8: training examples (text: token batches) to calibrate on (100-500 is typical).
         calibration_method: Static-int8: MinMax, Entropy or Percentile.
         per_channel: Quantise weights per output channel rather than per tensor.
         reduce_range: auto (on for x86 CPUs without VNNI, where the U8S8 path can saturate), true or false.

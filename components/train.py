@@ -31,10 +31,12 @@ def train(
     Args:
         dataset: The dataset artifact; trained on its train split, scored on its test split.
         architecture: A built-in (mlp, cnn, mobilenet_v2), torchvision:<name>, timm:<name>, or your
-            package.module:callable returning an nn.Module.
+            package.module:callable returning an nn.Module; for text: bert (built from model_args) or
+            hf:<folder> (a Hugging Face save_pretrained folder with safetensors weights).
         model_args: The architecture's arguments, e.g. {"hidden": [64]} (mlp), {"channels": [8, 16]} (cnn),
-            {"width_mult": 0.35} (mobilenet_v2).
-        epochs: The most epochs to train; 0 takes the model in `weights` as it is (scored, not trained).
+            {"width_mult": 0.35} (mobilenet_v2), {"layers": 4, "hidden": 256, "heads": 4, "intermediate": 1024}
+            (bert).
+        epochs: The most epochs to train; 0 takes the model in `weights` (text: the hf: folder) as it is.
         batch_size: Examples per optimiser step.
         learning_rate: The peak learning rate of the one-cycle schedule.
         optimizer: adamw, adam or sgd (Nesterov momentum 0.9).

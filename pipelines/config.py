@@ -97,7 +97,8 @@ def validate_values(values: dict) -> None:
     """Check every parameter the library knows before any step starts: one line naming the
     key and what it accepts, instead of a failure deep inside a running pipeline."""
     from modelpress import data, models
-    from modelpress.compression import quantisation, recipe
+    from modelpress.compression import quantisation, recipe, text_quantisation
+    from modelpress.models import text as text_models
     from modelpress.data import preprocessing
     from modelpress.selection import decision
     from modelpress.training.loop import TrainSettings
@@ -117,19 +118,34 @@ def validate_values(values: dict) -> None:
         data.parse_normalise(values["normalise"])
     if values.get("rmse_ceiling", 0) < 0:
         raise ModelpressError(f"rmse_ceiling must be >= 0 (0: no ceiling), got {values['rmse_ceiling']}")
-    _check_start(values)
+    text = bool(values.get("text_column"))
+    if text:
+        _check_text(values)
+    else:
+        _check_start(values)
     for arch_key, args_key in (("architecture", "model_args"), ("student_architecture", "student_args")):
-        if arch_key in values and not (arch_key == "architecture" and recipe.onnx_start(values.get("onnx_model"))):
+        if arch_key not in values or (arch_key == "architecture" and recipe.onnx_start(values.get("onnx_model"))):
+            continue
+        if arch_key == "student_architecture" and "distil" not in values.get("steps", recipe.STEPS):
+            continue  # the recipe leaves distillation out: no student is built
+        if text:
+            text_models.check_text_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key)
+        elif text_models.is_text_architecture(values[arch_key]) or values[arch_key] == text_models.FROM_TEACHER:
+            raise ModelpressError(f"{arch_key} {values[arch_key]!r} is a text model: set text_column to the column "
+                                  "of your texts (and source to a .csv or .jsonl of them)")
+        else:
             models.check_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key,
                                    code_dir=values.get("code_dir") or "")
     if "quantisation_methods" in values:
         methods = values["quantisation_methods"]
+        known = text_quantisation.METHODS if text else quantisation.METHODS
         if not methods:
-            raise ModelpressError(f"quantisation_methods is empty: list at least one of {list(quantisation.METHODS)}")
+            raise ModelpressError(f"quantisation_methods is empty: list at least one of {list(known)}")
         for m in methods:
-            if m not in quantisation.METHODS:
-                raise ModelpressError(f"quantisation_methods: {m!r} is not a quantisation method; "
-                                      f"choose from {list(quantisation.METHODS)}")
+            if m not in known:
+                extra = " (fused is for text models: set text_column)" if m in text_quantisation.METHODS else ""
+                raise ModelpressError(f"quantisation_methods: {m!r} is not a quantisation method{extra}; "
+                                      f"choose from {list(known)}")
     _in_range(values, "prune_amount", 0, 1, high_open=True)
     _in_range(values, "alpha", 0, 1)
     if values.get("temperature", 1) <= 0:
@@ -168,6 +184,40 @@ def _check_start(values: dict) -> None:
         recipe.check_start(epochs=values.get("epochs", 1), weights=values.get("weights") or "",
                            replace_head=bool(values.get("replace_head")), onnx_model=values.get("onnx_model") or "",
                            steps=values.get("steps", []))
+
+
+def _check_text(values: dict) -> None:
+    """A text run (text_column set): its tokenizer settings and start (bert from scratch, hf:<folder>
+    fine-tuned or as it is)."""
+    from modelpress.compression import recipe
+    from modelpress.data.tokenizer import MIN_VOCAB_SIZE, find_tokenizer_file
+
+    if "steps" in values:
+        recipe.check_steps(values["steps"])
+    if values.get("task", "auto") == "regression":
+        raise ModelpressError("task regression does not apply to text datasets (text_column set): they are "
+                              "classification datasets; set task to auto or classification")
+    if values.get("vocab_size", MIN_VOCAB_SIZE) < MIN_VOCAB_SIZE:
+        raise ModelpressError(f"vocab_size must be at least {MIN_VOCAB_SIZE}, got {values['vocab_size']}")
+    if values.get("max_length", 3) < 3:
+        raise ModelpressError(f"max_length must be at least 3 tokens ([CLS], one of text, [SEP]), got "
+                              f"{values['max_length']}")
+    tokenizer = str(values.get("tokenizer") or "")
+    if tokenizer and not tokenizer.startswith("gs://"):  # a bucket is read where the data step runs
+        find_tokenizer_file(tokenizer)
+    if values.get("weights"):
+        raise ModelpressError("weights is for image and table models; a text model brings its weights in its "
+                              "folder: set architecture: hf:<folder> and leave weights empty")
+    if recipe.onnx_start(values.get("onnx_model")):
+        raise ModelpressError("onnx_model (an ONNX file start) takes image and table datasets; a text run starts "
+                              "from architecture bert (trained here) or hf:<folder> (fine-tuned, or as it is with "
+                              "epochs 0)")
+    pretrained = str(values.get("architecture", "")).startswith("hf:")
+    if values.get("epochs", 1) == 0 and not pretrained:
+        raise ModelpressError("epochs 0 takes a trained model as it is: set architecture: hf:<folder>, or "
+                              "epochs >= 1 to train the bert")
+    if values.get("replace_head") and not pretrained:
+        raise ModelpressError("replace_head applies to an hf:<folder> model; drop it for architecture bert")
 
 
 def _in_range(values: dict, key: str, low: float, high: float, *, high_open: bool = False) -> None:

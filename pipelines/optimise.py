@@ -31,6 +31,10 @@ def build(target: Target):
         source_fingerprint: str = "",
         start_fingerprint: str = "",
         label_column: str = "label",
+        text_column: str = "",
+        tokenizer: str = "",
+        vocab_size: int = 8000,
+        max_length: int = 128,
         image_size: int = 0,
         channels: int = 0,
         normalise: str = "dataset",
@@ -70,8 +74,9 @@ def build(target: Target):
     ):
         t = target.apply
         data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
-                                   image_size=image_size, channels=channels, normalise=normalise, task=task,
-                                   seed=seed))
+                                   text_column=text_column, tokenizer=tokenizer, vocab_size=vocab_size,
+                                   max_length=max_length, image_size=image_size, channels=channels,
+                                   normalise=normalise, task=task, seed=seed))
         ds = data_task.outputs["dataset"]
         # always present so the graph does not depend on the start; "none" is never read
         onnx_in = dsl.importer(artifact_uri=onnx_model, artifact_class=dsl.Model, reimport=False)

@@ -25,6 +25,10 @@ def build(target: Target):
         source: str = "digits",
         source_fingerprint: str = "",
         label_column: str = "label",
+        text_column: str = "",
+        tokenizer: str = "",
+        vocab_size: int = 8000,
+        max_length: int = 128,
         image_size: int = 0,
         channels: int = 0,
         normalise: str = "dataset",
@@ -51,8 +55,9 @@ def build(target: Target):
         # Not cached: a scheduled run reads the same URI after its content was refreshed, and
         # warm_start="champion" depends on what is deployed now.
         data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
-                                   image_size=image_size, channels=channels, normalise=normalise, task=task,
-                                   seed=seed), cache=False)
+                                   text_column=text_column, tokenizer=tokenizer, vocab_size=vocab_size,
+                                   max_length=max_length, image_size=image_size, channels=channels,
+                                   normalise=normalise, task=task, seed=seed), cache=False)
         ds = data_task.outputs["dataset"]
         train_task = t(train_challenger(dataset=ds, warm_start=warm_start, repository=repository,
                                         model_name=model_name, architecture=architecture,

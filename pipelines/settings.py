@@ -13,7 +13,8 @@ from pathlib import Path
 
 from modelpress.core.errors import ModelpressError
 from modelpress.data import BUILTIN_SOURCES
-from modelpress.data.fingerprint import fingerprint as content_fingerprint
+from modelpress.data.fingerprint import dataset_fingerprint, fingerprint as content_fingerprint
+from modelpress.models.text import HF_PREFIX
 from modelpress.selection.retraining import CHAMPION
 from pipelines import targets
 from pipelines.config import ROOT, check_keys, check_parameters, load_yaml
@@ -22,7 +23,7 @@ from pipelines.signature import signature
 from pipelines.targets import Target
 
 CONFIG_DIR = ROOT / "configs"
-LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start", "weights", "code_dir", "onnx_model"}
+LOCAL_PATH_PARAMETERS = {"repository", "source", "warm_start", "weights", "code_dir", "onnx_model", "tokenizer"}
 INPUT_PATH_PARAMETERS = LOCAL_PATH_PARAMETERS - {"repository"}  # must exist before a run starts
 # built-in datasets; warm start from the deployed champion; no ONNX start
 NOT_PATHS = {*BUILTIN_SOURCES, CHAMPION, "none"}
@@ -65,23 +66,47 @@ class TargetConfig:
             if not value or value.startswith("gs://") or value in NOT_PATHS:
                 continue
             values[key] = self.target.kind.path_parameter(key, value, must_exist=key in INPUT_PATH_PARAMETERS)
+        self._hf_folder(values, sig)
         if fingerprint and "source_fingerprint" in sig and not values.get("source_fingerprint"):
-            values["source_fingerprint"] = content_fingerprint(values.get("source", sig["source"][1]),
-                                                               gcs_client=gcs_client)
+            values["source_fingerprint"] = dataset_fingerprint(values.get("source", sig["source"][1]),
+                                                               values.get("tokenizer") or "", gcs_client=gcs_client)
         if fingerprint and "start_fingerprint" in sig and not values.get("start_fingerprint"):
             values["start_fingerprint"] = start_fingerprint(values, gcs_client=gcs_client)
         return values
 
 
+    def _hf_folder(self, values: dict, sig: dict) -> None:
+        """A text run from hf:<folder>: the folder as a path of this target, and its own tokenizer
+        (beside the weights) as the dataset's unless another one is given."""
+        architecture = str(values.get("architecture", sig.get("architecture", ("", ""))[1]) or "")
+        if not values.get("text_column") or not architecture.startswith(HF_PREFIX):
+            return
+        folder = architecture[len(HF_PREFIX):]
+        if not folder.startswith("gs://"):
+            folder = self.target.kind.path_parameter("architecture", folder, must_exist=True)
+            values["architecture"] = HF_PREFIX + folder
+        if not values.get("tokenizer"):
+            values["tokenizer"] = folder
+
+
 START_FILES = ("weights", "onnx_model", "code_dir")  # what the user brings besides the data
 
 
+def start_files(values: dict) -> dict[str, str]:
+    """The files a run starts from: START_FILES, and an hf:<folder> model (its weights and config)."""
+    files = {key: values[key] for key in START_FILES if values.get(key) and values[key] not in NOT_PATHS}
+    architecture = str(values.get("architecture") or "")
+    if architecture.startswith(HF_PREFIX):
+        files["hf"] = architecture[len(HF_PREFIX):]
+    return files
+
+
 def start_fingerprint(values: dict, *, gcs_client=None) -> str:
-    """The content fingerprints of the weights, ONNX file and code a run starts from: part of the
-    train and baseline-export steps' cache keys, so a checkpoint overwritten in place reruns them."""
-    parts = [f"{key}={content_fingerprint(values[key], gcs_client=gcs_client)}" for key in START_FILES
-             if values.get(key) and values[key] not in NOT_PATHS]
-    return ";".join(parts)
+    """The content fingerprints of the weights, ONNX file, code or Hugging Face folder a run starts
+    from: part of the train and baseline-export steps' cache keys, so a checkpoint overwritten in
+    place reruns them."""
+    return ";".join(f"{key}={content_fingerprint(value, gcs_client=gcs_client)}"
+                    for key, value in start_files(values).items())
 
 
 def parameter_help() -> str:

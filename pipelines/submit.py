@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 from modelpress.deploy import vertex
 from pipelines.config import parse_overrides
 from modelpress.core.errors import ModelpressError
-from modelpress.data.fingerprint import fingerprint as content_fingerprint
+from modelpress.data.fingerprint import dataset_fingerprint
 from pipelines import settings
 from pipelines.compile import compile_pipeline
 from pipelines.registry import PIPELINES
@@ -129,9 +129,9 @@ def fingerprint_source(item: dict, cfg, *, dry_run: bool, log) -> None:
     if dry_run and source.startswith("gs://"):
         log(f"dry run: source_fingerprint of {source} is read from Cloud Storage at submission")
         return
-    params["source_fingerprint"] = content_fingerprint(source)
+    params["source_fingerprint"] = dataset_fingerprint(source, str(params.get("tokenizer") or ""))
     log(f"source {source}: content fingerprint {params['source_fingerprint']} (the data step's cache key)")
-    if "start_fingerprint" in params or any(params.get(k) for k in settings.START_FILES):
+    if "start_fingerprint" in params or settings.start_files(params):
         params["start_fingerprint"] = settings.start_fingerprint(params)
 
 

@@ -13,6 +13,10 @@ def build(target: Target):
         source: str = "digits",
         source_fingerprint: str = "",
         label_column: str = "label",
+        text_column: str = "",
+        tokenizer: str = "",
+        vocab_size: int = 8000,
+        max_length: int = 128,
         image_size: int = 0,
         seed: int = 0,
         architecture: str = "cnn",
@@ -26,7 +30,8 @@ def build(target: Target):
         device: str = "auto",
     ):
         data_task = target.apply(make_dataset(source=source, source_fingerprint=source_fingerprint,
-                                              label_column=label_column,
+                                              label_column=label_column, text_column=text_column,
+                                              tokenizer=tokenizer, vocab_size=vocab_size, max_length=max_length,
                                               image_size=image_size, seed=seed))
         # local: the train component; vertex: distributed-train as a custom job over worker pools
         train_task = target.train(

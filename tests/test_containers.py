@@ -281,20 +281,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir, digits_dir):
-    from modelpress import data
-    from modelpress.deploy import repository
-
+def _serve_image_predict(repo: Path, instances: list) -> list:
+    """Vertex's predict route of `modelpress serve` on `repo`, run with only the serve image's packages
+    importable (torch, kfp, scikit-learn, transformers raise ModuleNotFoundError)."""
     packages = _serve_packages()
-    assert not {"torch", "kfp"} & {canonicalize_name(Requirement(p).name) for p in packages}
+    assert not {"torch", "kfp", "transformers"} & {canonicalize_name(Requirement(p).name) for p in packages}
     allowed = _closure(packages) | {"modelpress", "pip", "setuptools"}  # a venv brings the last two
     blocked = {module for module, dists in md.packages_distributions().items()
                if not any(canonicalize_name(d) in allowed for d in dists)}
-    assert {"torch", "kfp", "sklearn"} <= blocked
-    repository.deploy(mlp_onnx_dir, str(tmp_path / "repo"), "digits")
+    assert {"torch", "kfp", "sklearn", "transformers"} <= blocked
     port = _free_port()
     env = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_HEALTH_ROUTE": "/health",
-           "AIP_PREDICT_ROUTE": "/predict", "AIP_STORAGE_URI": str(tmp_path / "repo")}
+           "AIP_PREDICT_ROUTE": "/predict", "AIP_STORAGE_URI": str(repo)}
     server = subprocess.Popen([sys.executable, "-c", BLOCKER, ",".join(sorted(blocked))], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -308,13 +306,9 @@ def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir
             except OSError:
                 assert time.time() < deadline, "server not healthy after 30 s"
                 time.sleep(0.1)
-        rows = data.load_dataset(digits_dir).test.x[:3]
-        request = urllib.request.Request(f"{base}/predict", data=json.dumps({"instances": rows.tolist()}).encode(),
+        request = urllib.request.Request(f"{base}/predict", data=json.dumps({"instances": instances}).encode(),
                                          headers={"Content-Type": "application/json"})
-        predictions = json.loads(urllib.request.urlopen(request, timeout=10).read())["predictions"]
-        # each prediction: the logits and the class name (the model's meta.json has class names)
-        assert len(predictions) == 3 and all(len(p["logits"]) == 10 for p in predictions)
-        assert all(p["label"] in [str(i) for i in range(10)] for p in predictions)
+        return json.loads(urllib.request.urlopen(request, timeout=10).read())["predictions"]
     finally:
         server.terminate()
         try:
@@ -322,6 +316,29 @@ def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_serve_image_packages_serve_a_model_without_torch(tmp_path, mlp_onnx_dir, digits_dir):
+    from modelpress import data
+    from modelpress.deploy import repository
+
+    repository.deploy(mlp_onnx_dir, str(tmp_path / "repo"), "digits")
+    rows = data.load_dataset(digits_dir).test.x[:3]
+    predictions = _serve_image_predict(tmp_path / "repo", rows.tolist())
+    # each prediction: the logits and the class name (the model's meta.json has class names)
+    assert len(predictions) == 3 and all(len(p["logits"]) == 10 for p in predictions)
+    assert all(p["label"] in [str(i) for i in range(10)] for p in predictions)
+
+
+def test_serve_image_packages_serve_a_text_model(tmp_path):
+    """Tokenising needs `tokenizers` only: a text model answers raw strings in the serve image."""
+    from modelpress.deploy import repository
+    from tests.e2e.test_readme_commands import _text_model
+
+    repository.deploy(_text_model(tmp_path), str(tmp_path / "repo"), "reviews")
+    predictions = _serve_image_predict(tmp_path / "repo", [{"text": "The kettle is great."}, "Returning it."])
+    assert len(predictions) == 2 and all(len(p["logits"]) == 2 and p["label"] in ("negative", "positive")
+                                         and p["truncated"] is False for p in predictions)
 
 
 def test_the_modules_each_image_imports_at_build_time_exist():

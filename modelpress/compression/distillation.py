@@ -22,6 +22,7 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate, predict_logits
 from modelpress.models import flops as flops_mod
@@ -84,6 +85,12 @@ def distil(teacher_dir: str, dataset_dir: str, out_dir: str, *, student_architec
     if not 0.0 <= alpha <= 1.0:
         raise ModelpressError(f"alpha must be in [0, 1], got {alpha}")
     settings = (settings or TrainSettings()).validate()
+    if is_text_dataset(dataset_dir):
+        from modelpress.compression.text_steps import distil_text_step
+
+        return distil_text_step(teacher_dir, dataset_dir, out_dir, student_architecture=student_architecture,
+                                student_args=student_args, temperature=temperature, alpha=alpha, settings=settings,
+                                log=log)
     teacher, teacher_spec = models.load_model(teacher_dir)
     ds = load_dataset(dataset_dir)
     n, regression = ds.num_outputs, ds.task == "regression"

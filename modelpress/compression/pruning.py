@@ -24,6 +24,7 @@ from torch.nn.utils import prune as torch_prune
 from modelpress.models import flops as flops_mod
 from modelpress import models
 from modelpress.data.dataset import load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
@@ -172,6 +173,10 @@ def prune(model_dir: str, dataset_dir: str, out_dir: str, *, method: str = "stru
         what = "sparsity" if method == "unstructured" else "pruning ratio"
         raise ModelpressError(f"{what} must be in [0, 1), got {amount}: 1.0 would remove everything")
     settings = (settings or TrainSettings(epochs=3, learning_rate=1e-3)).validate()
+    if is_text_dataset(dataset_dir):
+        from modelpress.compression.text_steps import prune_text_step
+
+        return prune_text_step(model_dir, dataset_dir, out_dir, method=method, amount=amount, settings=settings, log=log)
     model, spec = models.load_model(model_dir)
     ds = load_dataset(dataset_dir)
     shape, regression = ds.feature_shape, ds.task == "regression"

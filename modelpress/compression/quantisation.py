@@ -22,6 +22,7 @@ import numpy as np
 
 from modelpress.export import runtime
 from modelpress.data.dataset import load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.timing import timed
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
@@ -60,6 +61,12 @@ def quantise(onnx_dir: str, dataset_dir: str, out_dir: str, *, method: str = "st
     import onnx
     import onnxruntime as ort
 
+    if is_text_dataset(dataset_dir):
+        from modelpress.compression.text_steps import quantise_text_step
+
+        return quantise_text_step(onnx_dir, dataset_dir, out_dir, method=method, calibration_samples=calibration_samples,
+                                  calibration_method=calibration_method, per_channel=per_channel,
+                                  reduce_range=reduce_range, seed=seed, log=log)
     if method not in METHODS:
         raise ModelpressError(f"unknown quantisation method {method!r}; choose one of {list(METHODS)}")
     if calibration_method not in CALIBRATION_METHODS:

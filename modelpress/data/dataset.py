@@ -79,6 +79,15 @@ def _class_order(labels: np.ndarray) -> list[str]:
         return uniq
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ModelpressError(f"{name} must be between 0 and 1 (exclusive), got {frac}")
+    if val_fraction + test_fraction >= 0.9:
+        raise ModelpressError(f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} "
+                              "leaves under 10% for training; lower them")
+
+
 def split_indices(y: np.ndarray, *, val_fraction: float, test_fraction: float,
                   seed: int) -> dict[str, np.ndarray]:
     """Deterministic stratified train/validation/test indices."""
@@ -136,21 +145,28 @@ def _regression(raw: RawData, source: str, *, val_fraction: float, test_fraction
 def make_dataset(source: str, out_dir: str, *, label_column: str = "label", image_size: int = 0,
                  channels: int = 0, normalise: str | dict = "dataset", task: str = "auto",
                  val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
+                 text_column: str = "", tokenizer: str = "", vocab_size: int = 8000, max_length: int = 128,
                  log: Callable[[str], None] = print) -> dict:
     """Load `source`, split it and write the dataset artifact to `out_dir`. Returns the schema.
+
+    With `text_column` set, `source` is a CSV/JSONL of texts: see `data.text.make_text_dataset`
+    (`tokenizer`, `vocab_size`, `max_length` apply there; image and table settings do not).
 
     `task`: auto | classification | regression (auto decides from the labels and logs why).
     `channels`: 0 keeps the data's, 3 repeats grey into RGB, 1 turns RGB grey (luma).
     `normalise`: dataset | imagenet | none | {"mean": [...], "std": [...]} (raw units, one per
     channel or feature): the statistics the model applies to raw input inside its graph.
     """
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < frac < 1.0:
-            raise ModelpressError(f"{name} must be between 0 and 1 (exclusive), got {frac}")
-    if val_fraction + test_fraction >= 0.9:
-        raise ModelpressError(f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} "
-                              "leaves under 10% for training; lower them")
+    check_fractions(val_fraction, test_fraction)
     task = check_task(task)
+    if text_column:
+        from modelpress.data.text import make_text_dataset
+
+        if task == "regression":
+            raise ModelpressError("text datasets are classification datasets: set task to auto or classification")
+        return make_text_dataset(source, out_dir, text_column=text_column, label_column=label_column,
+                                 tokenizer=tokenizer, vocab_size=vocab_size, max_length=max_length,
+                                 val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, log=log)
     channels = check_channels(channels)
     normalise = parse_normalise(normalise)
     raw = load_source(source, label_column=label_column, image_size=image_size)
@@ -194,17 +210,33 @@ def make_dataset(source: str, out_dir: str, *, label_column: str = "label", imag
     return schema
 
 
-def load_dataset(path: str) -> Dataset:
-    root = local_path(path)
-    schema_path = root / "schema.json"
+def read_schema(path: str, *, text: bool | None = None) -> dict:
+    """A dataset artifact's schema.json, checked to be of this format (and, with `text`, of that kind)."""
+    schema_path = local_path(path) / "schema.json"
     if not schema_path.exists():
         raise ModelpressError(f"{path} is not a dataset artifact: schema.json is missing. "
                               "Create one with the dataset step (modelpress.data.make_dataset).")
     schema = read_json(schema_path)
+    is_text = schema.get("input_kind") == "text"
+    if text is not None and text != is_text:
+        raise ModelpressError(f"{path} is a text dataset: read it with modelpress.data.text.load_text_dataset"
+                              if is_text else f"{path} is a {schema.get('input_kind')} dataset, not a text one; "
+                              "read it with modelpress.data.load_dataset")
     if schema.get("format_version") != SCHEMA_VERSION:
         raise ModelpressError(f"{path} is a dataset artifact of format {schema.get('format_version')}, "
                               f"this modelpress reads format {SCHEMA_VERSION} (raw features; the model "
                               "normalises). Make it again: rerun the pipeline with --no-cache.")
+    return schema
+
+
+def dataset_task(path: str) -> str:
+    """The task of a dataset artifact (any kind, text included) from its schema alone."""
+    return read_schema(path).get("task", "classification")
+
+
+def load_dataset(path: str) -> Dataset:
+    root = local_path(path)
+    schema = read_schema(path, text=False)
     splits = {}
     for name in SPLITS:
         with np.load(root / f"{name}.npz", allow_pickle=False) as a:

@@ -78,9 +78,16 @@ def fingerprint(source: str, *, gcs_client=None) -> str:
     return local_fingerprint(Path(source))
 
 
-def check(source: str, given: str) -> tuple[str, str]:
-    """The fingerprint of `source` now, and the log line comparing it with the one the pipeline was given."""
-    computed = fingerprint(source)
+def dataset_fingerprint(source: str, tokenizer: str = "", *, gcs_client=None) -> str:
+    """What the data step's output depends on: the source's content and, for text, the tokenizer's."""
+    text = fingerprint(source, gcs_client=gcs_client)
+    return f"{text};tokenizer={fingerprint(tokenizer, gcs_client=gcs_client)}" if tokenizer else text
+
+
+def check(source: str, given: str, tokenizer: str = "") -> tuple[str, str]:
+    """The fingerprint of `source` (and `tokenizer`) now, and the log line comparing it with the one the
+    pipeline was given."""
+    computed = dataset_fingerprint(source, tokenizer)
     note = "" if computed == given else (
         f" (the pipeline was given {given!r}: the data changed since submission)"
         if given else " (no fingerprint was passed: this step's cache key ignores the content)")

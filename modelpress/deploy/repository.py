@@ -20,6 +20,7 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path, replace_dir, write_json_atomic
 
 CONFIG_FILE = "config.pbtxt"
+TOKENIZER_DIR = "tokenizer"  # beside a text model's model.onnx; Triton ignores it, clients and modelpress read it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32",
                    3: "TYPE_INT8", 2: "TYPE_UINT8", 9: "TYPE_BOOL"}
@@ -123,6 +124,9 @@ def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: st
     tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=folder))
     try:
         shutil.copy2(source, tmp / runtime.ONNX_FILE)
+        tokenizer = source.parent / TOKENIZER_DIR
+        if tokenizer.is_dir():  # a text model: the server tokenises with the model's own tokenizer
+            shutil.copytree(tokenizer, tmp / TOKENIZER_DIR)
         meta = {**runtime.read_meta(model_dir), **(extra_meta or {}), "version": version}
         write_json_atomic(tmp / runtime.META_FILE, meta)
         config_tmp = folder / f".{CONFIG_FILE}.tmp"

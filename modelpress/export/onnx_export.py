@@ -69,6 +69,10 @@ def export_onnx(model_dir: str, dataset_dir: str, out_dir: str, *, opset: int = 
     import onnx
     import onnxruntime as ort
 
+    if models.read_spec(model_dir).get("format") == "hf-text":
+        from modelpress.export.text_artifact import export_text_step
+
+        return export_text_step(model_dir, dataset_dir, out_dir, opset=opset, rtol=rtol, atol=atol, log=log)
     model, spec = models.load_model(model_dir)
     ds = load_dataset(dataset_dir)
     t0 = time.perf_counter()

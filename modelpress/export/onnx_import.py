@@ -18,6 +18,7 @@ from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.evaluation import REGRESSION_SCORES, score_outputs
 from modelpress.export import runtime
 
@@ -109,6 +110,9 @@ def import_onnx(onnx_path: str, dataset_dir: str, out_dir: str, *, log: Callable
         path = found[0]
     if not path.exists():
         raise ModelpressError(f"onnx_model {source} does not exist; give the path or gs:// URI of an .onnx file")
+    if is_text_dataset(dataset_dir):
+        raise ModelpressError(f"onnx_model {source}: an ONNX file start takes image and table datasets; a text run "
+                              "starts from a Hugging Face folder (architecture hf:<folder>, epochs 0 to take it as it is)")
     ds = load_dataset(dataset_dir)
     model = runtime.load_onnx(path)
     check_signature(model, ds, source)

@@ -254,6 +254,8 @@ def load_model(model_dir: str) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_file
 
     spec = read_spec(model_dir)
+    if spec.get("format") == "hf-text":
+        raise ModelpressError(f"{model_dir} is a text model artifact: load it with modelpress.models.text.load_text_model")
     model = build(spec)
     weights = local_path(model_dir) / WEIGHTS_FILE
     if not weights.exists():

@@ -87,6 +87,16 @@ def measure_throughput(runners: dict[str, Runner], x: np.ndarray, *, rounds: int
     return {k: float(np.median(v)) for k, v in rates.items()}
 
 
+def sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_sizes(path) -> dict:
     data = Path(path).read_bytes()
     return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}

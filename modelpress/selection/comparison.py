@@ -12,7 +12,6 @@ CUDA graphs) is measured too, and the ONNX Runtime CUDA provider when this build
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,8 @@ from modelpress.selection import benchmarking
 from modelpress import models
 from modelpress.deploy import repository
 from modelpress.export import runtime
-from modelpress.data.dataset import load_dataset
+from modelpress.data.dataset import dataset_task, load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path, write_json_atomic, write_text_atomic
 from modelpress.core.hardware import cpu_flags
@@ -35,14 +35,6 @@ from modelpress.evaluation import quality_metric, score_outputs
 from modelpress.evaluation.torch_scoring import predict_logits
 
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "avx": 16}  # fp32, two FMA units per core
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cpu_peak_flops(threads: int) -> dict | None:
@@ -143,7 +135,7 @@ def benchmark_optimisation(variants: list, dataset_dir: str, out_json: str, repo
     """The optimise run's benchmark step: `variants` and the deployed champion measured, the
     results JSON and the HTML report written; returns the step's record (p50 and the quality
     metric, accuracy or rmse, per measured variant)."""
-    task = load_dataset(dataset_dir).task
+    task = dataset_task(dataset_dir)
     results = benchmark(with_champion(variants, champion_repository, model_name, log=log, task=task), dataset_dir,
                         out_json, threads=threads, throughput_batch=throughput_batch,
                         window_seconds=window_seconds, max_windows=max_windows, log=log)
@@ -208,6 +200,11 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ModelpressError(f"variant names must be unique, got {names}")
+    if is_text_dataset(dataset_dir):
+        from modelpress.selection.text_benchmark import benchmark_text
+
+        return benchmark_text(variants, dataset_dir, out_json, threads=threads, window_seconds=window_seconds,
+                              max_windows=max_windows, left_out=left_out, log=log)
     t_start = time.perf_counter()
     ds = load_dataset(dataset_dir)
     task, metric = ds.task, quality_metric(ds.task)
@@ -217,7 +214,7 @@ def benchmark(variants: list, dataset_dir: str, out_json: str, *, threads: int =
     for v in variants:
         file = _variant_file(v)
         row = {"name": v.name, "role": v.role.value, "kind": v.kind, "task": task,
-               "path": str(local_path(v.path)), "file": str(file), "sha256": sha256(file),
+               "path": str(local_path(v.path)), "file": str(file), "sha256": benchmarking.sha256(file),
                **benchmarking.file_sizes(file), "runtime": None, "note": None}
         meta = dict(v.metadata or {})
         if v.kind == "torch":

@@ -294,6 +294,8 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
             for f in src.iterdir():
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
+                elif f.is_dir():  # a text model's tokenizer/: it is served with its own
+                    shutil.copytree(f, tmp / f.name)
         write_json_atomic(tmp / "decision.json", {**out, "chosen_row": None})
     with open(report_path, "w") as f:
         f.write(report.render_html(results, decision, blessing, title="modelpress: optimisation report"))

@@ -12,7 +12,8 @@ from modelpress.selection import comparison
 from modelpress import models
 from modelpress.export import runtime
 from modelpress import training
-from modelpress.data.dataset import load_dataset
+from modelpress.data.dataset import dataset_task, load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
 from modelpress.core.results import ModelCard, Role, StepResult, Variant
@@ -83,6 +84,10 @@ def train_challenger(dataset_dir: str, out_dir: str, *, warm_start: str = "", ar
         return training.train(dataset_dir, out_dir, architecture=architecture, model_args=model_args,
                               settings=settings, log=log)
     settings = (settings or training.TrainSettings()).validate()
+    if is_text_dataset(dataset_dir):
+        raise ModelpressError("warm_start for a text model is not supported yet: retrain it from scratch "
+                              "(warm_start: \"\"), or fine-tune the deployed model with the optimise pipeline "
+                              "(architecture: hf:<the version's torch model folder>)")
     ds = load_dataset(dataset_dir)
     model, spec = models.load_model(warm_start)
     _check_compatible(spec, ds, warm_start)
@@ -116,7 +121,7 @@ def score(dataset_dir: str, torch_model: str, onnx_model: str, out_json: str, *,
     variants = comparison.with_champion([Variant("challenger torch fp32", torch_model, "torch", Role.BASELINE),
                                          Variant("challenger onnx fp32", onnx_model, "onnx", Role.CANDIDATE)],
                                         champion_repository, model_name, log=log, label="score",
-                                        task=load_dataset(dataset_dir).task)
+                                        task=dataset_task(dataset_dir))
     return comparison.benchmark(variants, dataset_dir, out_json, threads=threads, window_seconds=window_seconds,
                                 max_windows=max_windows, log=log)
 

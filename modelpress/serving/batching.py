@@ -15,6 +15,12 @@ naming the reason. Should the scheduler loop itself fail, it fails what is queue
 and marks the version not ready instead of leaving requests to time out.
 
 Without `dynamic_batching` in the config each request executes alone.
+
+What may share a batch, and how requests become one feed, is pluggable (`key`, `merge`): by
+default equal keys and concatenation along the batch dimension; a text model's scheduler
+ignores the sequence length in its key and pads each batch to its longest real row
+(`text.text_batch_key`, `text.merge_token_batches`). The queue discipline is the same either
+way, so no request of any length is overtaken by a later one of a compatible key.
 """
 
 from __future__ import annotations
@@ -65,6 +71,20 @@ def batch_key(inputs: dict[str, np.ndarray]) -> tuple:
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
 
 
+def concatenate(batches: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[slice]]:
+    """The default merge: requests of one key stacked along the batch dimension; each one's rows."""
+    names = list(batches[0])
+    if len(batches) == 1:
+        return batches[0], [slice(None)]
+    feed = {n: np.concatenate([b[n] for b in batches]) for n in names}
+    slices, at = [], 0
+    for b in batches:
+        rows = len(b[names[0]])
+        slices.append(slice(at, at + rows))
+        at += rows
+    return feed, slices
+
+
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int          # 0: the model has no batch dimension
@@ -84,8 +104,9 @@ class BatchPolicy:
 
 class Scheduler:
     def __init__(self, sessions: list, policy: BatchPolicy, *, max_queue_rows: int,
-                 observe=None, label: str = "model"):
+                 observe=None, label: str = "model", key=batch_key, merge=concatenate):
         self.policy = policy
+        self._key, self._merge = key, merge  # what may share a batch; requests -> (feed, row slices)
         self.max_queue_rows = max_queue_rows
         self.stats = Stats()
         self._observe = observe or (lambda kind, value: None)  # histogram hook: (kind, value)
@@ -116,7 +137,7 @@ class Scheduler:
                               f"(limit {self.max_queue_rows}); retry shortly", status=503,
                               headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        item = _Item(inputs, rows, loop.create_future(), time.perf_counter_ns(), batch_key(inputs))
+        item = _Item(inputs, rows, loop.create_future(), time.perf_counter_ns(), self._key(inputs))
         self._queue.append(item)
         self._queued_rows += rows
         self.stats.pending += 1
@@ -220,21 +241,15 @@ class Scheduler:
                 self.stats.queue_count += 1
                 self.stats.queue_ns += start - item.enqueued_ns
                 self._observe("queue", (start - item.enqueued_ns) / 1e9)
-            names = list(batch[0].inputs)
-            feed = ({n: batch[0].inputs[n] for n in names} if len(batch) == 1 else
-                    {n: np.concatenate([it.inputs[n] for it in batch]) for n in names})
+            feed, slices = self._merge([it.inputs for it in batch])
             outputs = await loop.run_in_executor(self._executor, _run_session, session, self._output_names, feed)
-            results, offset = [], 0
-            for item in batch:
-                if len(batch) == 1:
-                    results.append(outputs)
-                    continue
+            results = [outputs]  # one request: its outputs as they are (a model without a batch dimension too)
+            if len(batch) > 1:
                 for name, value in outputs.items():
                     if value.ndim == 0 or len(value) != rows:
                         raise ValueError(f"output {name!r} has shape {list(value.shape)}, not {rows} rows; "
                                          "a batched model must keep the batch dimension first")
-                results.append({k: v[offset:offset + item.rows] for k, v in outputs.items()})
-                offset += item.rows
+                results = [{k: v[s] for k, v in outputs.items()} for s in slices]
             self._record(rows, time.perf_counter_ns() - start)
         except Exception as exc:  # a model that fails on valid input: the server's problem, this batch's alone
             reason = f"{type(exc).__name__}: {exc}".strip()

@@ -5,6 +5,11 @@ returns results as Python objects: arrays, dicts shaped like KServe v2 / Triton'
 the model's protobuf config. Failures raise `errors.ClientError` / `ServerError` with the
 status to answer; `errors.answer` maps anything else. No transport type appears here, so each
 transport only decodes, calls one method and encodes.
+
+A text version (`ModelVersion.text`) takes strings: they are tokenised with that version's
+tokenizer in a thread pool (the Rust tokenizer releases the GIL, so the event loop keeps
+serving), again with the new version's tokenizer should a swap happen while the request waits,
+and the result carries the truncation report as response parameters (see `textmodel`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +43,7 @@ class InferResult:
     model: ModelVersion
     id: str | None
     outputs: dict[str, np.ndarray]
+    parameters: dict | None = None   # response parameters: a text model's truncation report
 
 
 def model_stats(mv: ModelVersion) -> dict:
@@ -56,6 +64,9 @@ def model_stats(mv: ModelVersion) -> dict:
 class DataPlane:
     def __init__(self, store: ModelStore, settings: ServeSettings, metrics=None):
         self.store, self.settings, self.metrics = store, settings, metrics
+        # texts are tokenised here, never on the event loop; threads start on first use
+        self.tokenise_pool = ThreadPoolExecutor(max_workers=max(2, len(os.sched_getaffinity(0))),
+                                                thread_name_prefix="tokenise")
 
     # -- health and metadata --------------------------------------------------------------
     @property
@@ -122,18 +133,49 @@ class DataPlane:
             p = plan if final is mv else postprocess.plan(final, req.outputs, req.classification, req.parameters)
             return postprocess.apply(final, p, result)
 
-        outputs, mv = await self.execute(mv, req.inputs, plan.model_outputs, version, post)
-        return InferResult(mv, req.id, outputs)
+        said: dict = {}
+        outputs, mv = await self.execute(mv, req.inputs, plan.model_outputs, version, post,
+                                         self._text_feed(req.inputs, None, said))
+        return InferResult(mv, req.id, outputs, said or None)
 
-    async def execute(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str] | None,
-                      version: str | None = None, post=None) -> tuple[dict[str, np.ndarray], ModelVersion]:
+    async def infer_texts(self, mv: ModelVersion, texts: list[str], version: str | None = None
+                          ) -> tuple[dict[str, np.ndarray], ModelVersion, dict]:
+        """Checked texts (Vertex instances) on a text version: (model outputs, the version that
+        produced them, the truncation parameters)."""
+        said: dict = {}
+        outputs, mv = await self.execute(mv, None, None, version, prepare=self._text_feed(None, texts, said))
+        return outputs, mv, said
+
+    def _text_feed(self, inputs: dict[str, np.ndarray] | None, texts: list[str] | None, said: dict):
+        """`execute`'s prepare step: a text version's token inputs from the request (tokenised by the
+        version that will run them), its truncation report into `said`; other versions' inputs as sent."""
+        async def prepare(mv: ModelVersion) -> dict[str, np.ndarray]:
+            if mv.text is None:
+                if texts is not None:
+                    raise ClientError(f"model {mv.name} version {mv.version} is not a text model; send its inputs "
+                                      "as a v2 request")
+                return inputs
+            if texts is None:
+                feed, truncated = await mv.text.feed(mv, inputs, self.tokenise_pool)
+            else:
+                feed, truncated = await mv.text.encode(mv, texts, self.tokenise_pool)
+            said.clear()
+            said.update(mv.text.parameters(truncated))
+            return feed
+        return prepare
+
+    async def execute(self, mv: ModelVersion, inputs: dict[str, np.ndarray] | None, outputs: list[str] | None,
+                      version: str | None = None, post=None, prepare=None
+                      ) -> tuple[dict[str, np.ndarray], ModelVersion]:
         """Validate, queue, execute, then `post(mv, result)`; count the outcome in the version's
-        stats. Returns the outputs and the version that produced them."""
+        stats. Returns the outputs and the version that produced them. `prepare(mv)`, when given,
+        makes the inputs for the version that will run them (a text version tokenises)."""
         start = time.perf_counter_ns()
         for _ in range(3):
             try:
-                rows = mv.check(inputs, outputs)
-                result = await mv.scheduler.infer(inputs, rows, self.settings.request_timeout_s)
+                feed = inputs if prepare is None else await prepare(mv)
+                rows = mv.check(feed, outputs)
+                result = await mv.scheduler.infer(feed, rows, self.settings.request_timeout_s)
                 result = result if outputs is None else {k: result[k] for k in outputs}
                 if post:
                     result = post(mv, result)
@@ -183,3 +225,4 @@ class DataPlane:
             # the transports have already waited (up to the request timeout) for in-flight requests;
             # what is left is abandoned work, so a stuck batch cannot keep the process from exiting
             await self.store.close(timeout_s=1.0)
+            self.tokenise_pool.shutdown(wait=False)

@@ -3,6 +3,11 @@ and response encoding, JSON tensors and the binary tensor extension in both dire
 
 Everything here is pure: bytes in, arrays out (and back). Client mistakes raise
 `ClientError` with the HTTP status and a message that names the problem.
+
+BYTES inputs (texts) are decoded only for a model that takes them (`bytes_inputs=True`: a
+text model): JSON `data` is a list of strings, the binary extension holds each element as a
+4-byte little-endian length and its bytes. They become numpy object arrays of `bytes`, as
+tritonclient makes them. A response may carry `parameters` (a text model's truncation report).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import orjson
 
 from modelpress.serving.errors import ClientError
+from modelpress.serving.text import bytes_tensor_from_binary, bytes_tensor_from_json
 
 # v2 datatype -> numpy dtype (little-endian, as the binary extension requires)
 DATATYPES: dict[str, np.dtype] = {
@@ -83,8 +89,15 @@ def _params(obj: dict, where: str) -> dict:
     return params
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse an infer request body: JSON, or JSON header + binary tensors."""
+def _unique(inputs: dict, name: str, array: np.ndarray) -> np.ndarray:
+    if name in inputs:
+        raise ClientError(f"input {name!r} is given twice")
+    return array
+
+
+def parse_infer(body: bytes, header_length: str | None, bytes_inputs: bool = False) -> InferRequest:
+    """Parse an infer request body: JSON, or JSON header + binary tensors. `bytes_inputs`: the
+    model takes BYTES (text) inputs; otherwise BYTES is refused as an unsupported datatype."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -108,9 +121,11 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         name = tensor["name"]
         where = f"input {name!r}"
         datatype = tensor.get("datatype")
-        if datatype not in DATATYPES:
-            raise ClientError(f"{where}: unsupported datatype {datatype!r}; use one of {sorted(DATATYPES)}")
-        dtype = DATATYPES[datatype]
+        text = bytes_inputs and datatype == "BYTES"
+        if datatype not in DATATYPES and not text:
+            why = ": this model takes no texts" if datatype == "BYTES" else ""
+            raise ClientError(f"{where}: unsupported datatype {datatype!r}{why}; use one of {sorted(DATATYPES)}")
+        dtype = DATATYPES.get(datatype)
         shape = _shape(tensor, where)
         count = math.prod(shape)  # Python ints: a huge shape must not wrap around
         size = _params(tensor, where).get("binary_data_size")
@@ -120,14 +135,21 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             if offset + size > len(binary):
                 raise ClientError(f"{where}: binary_data_size {size} runs past the end of the body "
                                   f"({len(binary) - offset} bytes left): the binary sizes do not add up")
-            if size != count * dtype.itemsize:
+            if text:  # elements of their own lengths: the length prefixes must add up to `size`
+                array = bytes_tensor_from_binary(binary[offset:offset + size], shape, where)
+                offset += size
+            elif size != count * dtype.itemsize:
                 raise ClientError(f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of "
                                   f"{datatype} needs {count * dtype.itemsize}")
-            array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
-            offset += size
+            else:
+                array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+                offset += size
         else:
             if "data" not in tensor:
                 raise ClientError(f"{where}: give 'data', or parameters.binary_data_size with binary data")
+            if text:
+                inputs[name] = _unique(inputs, name, bytes_tensor_from_json(tensor["data"], shape, where))
+                continue
             try:
                 array = np.asarray(tensor["data"])
                 if array.dtype.kind not in "biuf":  # strings, objects, ragged lists
@@ -142,9 +164,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
                 array = array.reshape(shape)
             except ValueError as exc:
                 raise ClientError(f"{where}: shape {list(shape)} is not usable: {exc}") from None
-        if name in inputs:
-            raise ClientError(f"input {name!r} is given twice")
-        inputs[name] = array
+        inputs[name] = _unique(inputs, name, array)
     if offset != len(binary):
         raise ClientError(f"the body carries {len(binary)} bytes of binary data but the inputs' "
                           f"binary_data_size add up to {offset}: the binary sizes do not add up")
@@ -175,8 +195,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def encode_infer(model: str, version: str, request_id: str | None, outputs: dict[str, np.ndarray],
-                 binary: set[str]) -> tuple[bytes, dict[str, str]]:
-    """Response body and extra headers; tensors named in `binary` go after the JSON header."""
+                 binary: set[str], parameters: dict | None = None) -> tuple[bytes, dict[str, str]]:
+    """Response body and extra headers; tensors named in `binary` go after the JSON header.
+    `parameters`: the response's KServe v2 parameters object (tritonclient's get_response() shows it)."""
     described, blobs = [], []
     for name, array in outputs.items():
         datatype = datatype_of(array)
@@ -196,6 +217,8 @@ def encode_infer(model: str, version: str, request_id: str | None, outputs: dict
     doc = {"model_name": model, "model_version": version, "outputs": described}
     if request_id is not None:
         doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = parameters
     header = orjson.dumps(doc)
     if not blobs:
         return header, {"content-type": "application/json"}

@@ -25,6 +25,7 @@ from modelpress.serving.batching import BatchPolicy, Scheduler, check_rows
 from modelpress.serving.postprocess import ModelInfo, check_info, input_parameters, metadata_parameters
 from modelpress.serving.errors import ClientError
 from modelpress.serving.protocol import datatype_of, triton_to_v2
+from modelpress.serving.textmodel import TextModel, tokenizer_stamp
 
 log = logging.getLogger("modelpress.serve")
 _VERSION = re.compile(r"^[0-9]{1,18}$")
@@ -41,9 +42,10 @@ class ModelVersion:
     """One loaded version: its config, meta.json, `instance_group.count` sessions and a scheduler."""
 
     def __init__(self, name: str, version: int, config, sessions: list, threads: int, *,
-                 max_queue_rows: int, observe=None, info: ModelInfo | None = None):
+                 max_queue_rows: int, observe=None, info: ModelInfo | None = None, text: TextModel | None = None):
         self.name, self.version, self.config = name, version, config
         self.info = info or ModelInfo()
+        self.text = text  # a text classifier: takes strings too, batches token ids of any length
         self.policy = BatchPolicy.from_config(config)
         self.inputs = [TensorSpec(t.name, triton_to_v2(_type_name(t.data_type)), tuple(t.dims)) for t in config.input]
         self.outputs = [TensorSpec(t.name, triton_to_v2(_type_name(t.data_type)), tuple(t.dims))
@@ -51,9 +53,10 @@ class ModelVersion:
         self._check_graph(sessions[0])
         check_info(self)
         self.instances, self.threads = len(sessions), threads
+        hooks = {"key": text.key, "merge": text.merge} if text else {}
         self.scheduler = Scheduler(sessions, self.policy, max_queue_rows=max_queue_rows,
                                    observe=(lambda kind, value: observe(self, kind, value)) if observe else None,
-                                   label=f"{name}/{version}")
+                                   label=f"{name}/{version}", **hooks)
 
     def _check_graph(self, sess):
         have = {i.name for i in sess.get_inputs()}
@@ -81,7 +84,7 @@ class ModelVersion:
         params = metadata_parameters(self)
         if params:
             doc["parameters"] = params
-        return doc
+        return self.text.metadata(self, doc) if self.text else doc
 
     @property
     def ready(self) -> bool:
@@ -167,7 +170,8 @@ class ModelStore:
         self.observe = observe
         self.models: dict[str, _Model] = {}
         self.errors: dict[str, str] = {}       # "name" or "name/version" -> why it is not served
-        # (name, version) -> the _signature that failed: retried when model.onnx, meta.json or the config changes
+        # (name, version) -> the _signature that failed: retried when model.onnx, meta.json, tokenizer/ or the
+        # config changes
         self._broken: dict[tuple[str, int], tuple] = {}
         self.retired: dict[tuple[str, int], ModelVersion] = {}  # kept so metrics stay monotonic
         self._lock = asyncio.Lock()
@@ -247,15 +251,18 @@ class ModelStore:
             for v in new:
                 try:
                     info = ModelInfo.read(folder / str(v))
-                    sessions, threads = await asyncio.get_running_loop().run_in_executor(
+                    loop = asyncio.get_running_loop()
+                    sessions, threads = await loop.run_in_executor(
                         None, open_sessions, config, folder / str(v), self.threads)
-                    loaded[v] = ModelVersion(name, v, config, sessions, threads, info=info,
+                    tm = await loop.run_in_executor(None, TextModel.load, folder / str(v), config, info)
+                    loaded[v] = ModelVersion(name, v, config, sessions, threads, info=info, text=tm,
                                              max_queue_rows=self.max_queue_rows, observe=self.observe)
                     self.errors.pop(f"{name}/{v}", None)
                     p = loaded[v].policy
-                    log.info("loaded %s version %d: max_batch_size %d, %s, %d instance(s) x %d thread(s)", name, v,
-                             p.max_batch_size, f"dynamic batching (max queue delay {p.max_queue_delay_us} us)"
-                             if p.dynamic else "no batching", loaded[v].instances, loaded[v].threads)
+                    log.info("loaded %s version %d: max_batch_size %d, %s, %d instance(s) x %d thread(s)%s", name,
+                             v, p.max_batch_size, f"dynamic batching (max queue delay {p.max_queue_delay_us} us)"
+                             if p.dynamic else "no batching", loaded[v].instances, loaded[v].threads,
+                             f"; text model, max_length {tm.max_length}" if tm else "")
                 except Exception as exc:  # report and keep serving what works
                     self._broken[(name, v)] = _signature(folder / str(v), text)
                     self._error(f"{name}/{v}", f"version {v} failed to load: {exc}")
@@ -298,4 +305,4 @@ def _signature(folder: Path, config_text: str) -> tuple:
     """What must change before a version that failed to load is tried again."""
     def mtime(p: Path) -> float | None:
         return p.stat().st_mtime if p.exists() else None
-    return mtime(folder / ONNX_FILE), mtime(folder / META_FILE), config_text
+    return mtime(folder / ONNX_FILE), mtime(folder / META_FILE), tokenizer_stamp(folder), config_text

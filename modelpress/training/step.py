@@ -16,6 +16,7 @@ from modelpress.core.fileio import local_path
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
 from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate
 from modelpress.models import flops as flops_mod
@@ -136,6 +137,11 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp",
     from scratch or from `weights`, train it (or, with epochs 0, take it as it is), score it on
     the test split, save it and return the result."""
     settings = (settings or TrainSettings()).validate()
+    if is_text_dataset(dataset_dir):
+        from modelpress.training.text_step import train_text_step
+
+        return train_text_step(dataset_dir, out_dir, architecture=architecture, model_args=model_args,
+                               settings=settings, weights=weights, replace_head=replace_head, log=log)
     kind = check_start(settings, weights, replace_head)
     ds, spec, model = prepare(dataset_dir, architecture, model_args, settings, code_dir=code_dir)
     start: dict = {"start": kind}

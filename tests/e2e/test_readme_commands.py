@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,12 @@ import pytest
 from modelpress.deploy import repository
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "serving.md", ROOT / "docs" / "vertex.md"]
+DOCS = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in ("serving", "vertex", "text", "training"))]
 
 # A block whose first line starts with one of these is not run here: why, and what tests it.
 NOT_HERE = {
-    "make demo": "the optimise pipeline on the demo config; tests/e2e/test_optimise_run.py runs it smaller",
+    "make demo": "the optimise pipeline on the demo configs (make demo, make demo-text); tests/e2e/"
+                 "test_optimise_run.py and test_text_runs.py run them smaller",
     "make images": "needs a Docker engine and a registry; tests/test_containers.py reads the Makefile and Dockerfiles",
     "PROJECT=": "Google Cloud set-up; unreachable from here",
     "sed -i": "edits your configs/vertex.yaml for your project",
@@ -34,8 +36,8 @@ def blocks() -> list[tuple[str, str, str]]:
     out = []
     for doc in DOCS:
         for lang, body in re.findall(r"```(\w*)\n(.*?)```", doc.read_text(), re.S):
-            if lang in ("bash", "python"):
-                out.append((doc.name, lang, body))
+            if lang in ("bash", "python"):  # a block inside a list item is indented
+                out.append((doc.name, lang, textwrap.dedent(body)))
     return out
 
 
@@ -84,21 +86,44 @@ def test_the_readme_commands_run_as_written(tmp_path):
     first = json.loads(summaries[0].read_text())
     onnx_dir = next(t for t in first["tasks"] if t["task"] == "export-onnx")["artifacts"]["onnx_model"]
     repository.deploy(onnx_dir, tmp_path / "served", "digits")
+    repository.deploy(_text_model(tmp_path), tmp_path / "served", "reviews")  # what `make demo-text` deploys
     server = start_server(tmp_path / "served", tmp_path)
     try:
         port, mport = server.url.rsplit(":", 1)[1], server.metrics_url.split(":")[2].split("/")[0]
         for _, lang, body in run_blocks:
             if lang == "bash" and body.startswith("curl "):
                 out = _shell(body, tmp_path, int(port), int(mport))
-                assert '"error"' not in out and "nv_inference_count" in out
-                assert '"label"' in out  # the raw digit's class name came back
-        snippet = next(b for d, lang, b in run_blocks if lang == "python" and "tritonclient" in b)
-        printed = _python(snippet, tmp_path, int(port))
+                assert '"error"' not in out and '"label"' in out  # class names came back
+                if "/v2/models/reviews/" in body:  # raw strings in
+                    assert '"truncated"' in out and '"BYTES"' in out
+                else:
+                    assert "nv_inference_count" in out
+        python = [b for d, lang, b in run_blocks if lang == "python" and "tritonclient" in b]
+        printed = _python(python[0], tmp_path, int(port))
         labels = re.findall(r"'(\d)'", printed.split("]")[0])
         truth = printed.split("]")[1].strip(" [\n").split()
         assert sum(a == b for a, b in zip(labels, truth)) >= 7, printed  # raw digits in, right classes out
+        text_snippet = next(b for b in python if 'client.infer("reviews"' in b)
+        assert "'truncated': []" in _python(text_snippet, tmp_path, int(port))
     finally:
         stop_server(server)
+
+
+def _text_model(tmp: Path) -> str:
+    """A small text classifier made the way the optimise pipeline makes one: reviews -> dataset ->
+    bert (untrained: the commands only need it to answer) -> the export step's ONNX artifact."""
+    from modelpress.data.text import make_text_dataset, write_reviews
+    from modelpress.export.text_artifact import export_text_step
+    from modelpress.models import text
+
+    csv = write_reviews(str(tmp / "texts.csv"), 200)
+    schema = make_text_dataset(csv, str(tmp / "text-dataset"), vocab_size=200, max_length=32, log=lambda _: None)
+    model = text.bert_from_config(schema["vocab_size"], 2, layers=1, hidden=32, heads=2, intermediate=64,
+                                  max_position=32)
+    info = text.text_info(model, text.BERT_CONFIG, class_names=schema["class_names"], max_length=32)
+    text.save_text_model(model, str(tmp / "text-dataset" / "tokenizer"), str(tmp / "text-model"), info)
+    export_text_step(str(tmp / "text-model"), str(tmp / "text-dataset"), str(tmp / "text-onnx"), log=lambda _: None)
+    return str(tmp / "text-onnx")
 
 
 @pytest.mark.slow

@@ -94,3 +94,51 @@ def test_an_absolute_tolerance_above_1_needs_task_regression(tmp_path, monkeypat
     with pytest.raises(ModelpressError, match="set task: regression"):
         cfg.pipeline_parameters("optimise", {"source": "houses.csv", "tolerance": 2.0})
     cfg.pipeline_parameters("optimise", {"source": "houses.csv", "tolerance": 2.0, "task": "regression"})
+
+
+def test_the_readme_text_config_and_configs_text_yaml_pass_the_checks(tmp_path, monkeypatch):
+    """docs/text.md's hf: config (with stand-ins for the user's CSV and save_pretrained folder) and the
+    shipped configs/text.yaml load as local configs; the folder's own tokenizer becomes the
+    dataset's, and both paths reach the steps absolute."""
+    import json
+
+    (body,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "text.md").read_text(), re.S)
+    values = yaml.safe_load(body)["parameters"]["optimise"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / values["source"]).write_text("body,queue\nprinter jammed,it\n")
+    folder = tmp_path / values["architecture"][len("hf:"):]
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "distilbert"}))
+    (folder / "model.safetensors").write_bytes(b"stand-in")
+    (folder / "tokenizer.json").write_text("{}")
+    (tmp_path / "mine.yaml").write_text(body)
+    params = settings.load("local", tmp_path / "mine.yaml").pipeline_parameters("optimise")
+    assert params["architecture"] == f"hf:{folder}" and params["tokenizer"] == str(folder)
+    (tmp_path / "reviews.csv").write_text("text,label\ngreat,positive\n")
+    shipped = settings.load("local", ROOT / "configs" / "text.yaml").pipeline_parameters("optimise")
+    assert shipped["text_column"] == "text" and shipped["student_architecture"] == "from-teacher"
+    assert shipped["quantisation_methods"] == ["fused", "dynamic-int8", "static-int8"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, "epochs 0 takes a trained model as it is: set architecture: hf:<folder>"),
+    ({"weights": "w.pth"}, "weights is for image and table models"),
+    ({"task": "regression"}, "task regression does not apply to text datasets"),
+    ({"onnx_model": "m.onnx"}, "an ONNX file start\\) takes image and table datasets"),
+    ({"quantisation_methods": ["fused", "int4"]}, "'int4' is not a quantisation method"),
+    ({"model_args": {"layers": 2, "hidden": 30, "heads": 4}}, "hidden \\(30\\) must be a multiple of heads \\(4\\)"),
+    ({"model_args": {"channels": [8]}}, "\\['channels'\\] do not fit architecture 'bert'"),
+])
+def test_text_runs_that_cannot_work_are_refused(overrides, message):
+    text = {"text_column": "text", "architecture": "bert", "model_args": {"layers": 1},
+            "student_architecture": "from-teacher", "student_args": {}}
+    with pytest.raises(ModelpressError, match=message):
+        settings.load("local").pipeline_parameters("optimise", {**text, **overrides})
+
+
+def test_text_models_need_text_column_and_fused_is_for_text():
+    cfg = settings.load("local")
+    with pytest.raises(ModelpressError, match="is a text model: set text_column"):
+        cfg.pipeline_parameters("optimise", {"architecture": "bert", "model_args": {}})
+    with pytest.raises(ModelpressError, match="fused is for text models: set text_column"):
+        cfg.pipeline_parameters("optimise", {"quantisation_methods": ["fused"]})

@@ -49,6 +49,16 @@ def expected_logits(x: np.ndarray, seed: int = 0, scale: float = 1.0) -> np.ndar
     return x.reshape(len(x), -1) @ w + b
 
 
+def wait_for(predicate, timeout_s: float = 30.0) -> bool:
+    """Poll `predicate` every 0.1 s until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

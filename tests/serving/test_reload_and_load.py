@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import numpy as np
 
 from modelpress import loadtest
 from modelpress.serving.protocol import binary_request, decode_infer_response
 
-from .conftest import deploy_tiny, expected_logits, start_server, stop_server
+from .conftest import deploy_tiny, expected_logits, start_server, stop_server, wait_for
 
 
 def _metric(text: str, name: str, version: str) -> float:
     return float(text.split(f'{name}{{model="tiny",version="{version}"}} ')[1].split()[0])
-
-
-def _wait_for(predicate, timeout_s: float = 20.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_new_version_under_load_then_a_broken_one(tmp_path):
@@ -46,7 +36,7 @@ def test_new_version_under_load_then_a_broken_one(tmp_path):
 
         result = asyncio.run(load_with_deploy())
         assert result.requests == 10_000 and result.ok == 10_000 and result.errors == {}
-        assert _wait_for(lambda: json.loads(server.get("/v2/models/tiny")[1])["versions"] == ["2"])
+        assert wait_for(lambda: json.loads(server.get("/v2/models/tiny")[1])["versions"] == ["2"])
         text = server.metrics()
         count = _metric(text, "nv_inference_count", "1") + _metric(text, "nv_inference_count", "2")
         execs = _metric(text, "nv_inference_exec_count", "1") + _metric(text, "nv_inference_exec_count", "2")
@@ -64,7 +54,7 @@ def test_new_version_under_load_then_a_broken_one(tmp_path):
         broken = repo / "tiny" / "3"
         broken.mkdir()
         (broken / "model.onnx").write_bytes(b"not an onnx model")
-        assert _wait_for(lambda: any(e["state"] == "UNAVAILABLE" for e in json.loads(
+        assert wait_for(lambda: any(e["state"] == "UNAVAILABLE" for e in json.loads(
             server.post("/v2/repository/index", b"")[2])))
         index = json.loads(server.post("/v2/repository/index", b"")[2])
         assert {"name": "tiny", "version": "2", "state": "READY", "reason": ""} in index
@@ -78,7 +68,7 @@ def test_new_version_under_load_then_a_broken_one(tmp_path):
         # batching settings change without a restart: edit config.pbtxt, the model reloads
         config = repo / "tiny" / "config.pbtxt"
         config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 8"))
-        assert _wait_for(lambda: json.loads(server.get("/v2/models/tiny/config")[1])["max_batch_size"] == 8)
+        assert wait_for(lambda: json.loads(server.get("/v2/models/tiny/config")[1])["max_batch_size"] == 8)
         code, _, raw = server.post("/v2/models/tiny/infer", binary_request({"input": np.zeros((9, 1, 8, 8),
                                                                                           np.float32)})[0],
                                    binary_request({"input": np.zeros((9, 1, 8, 8), np.float32)})[1])
@@ -119,11 +109,11 @@ def test_a_fixed_config_is_applied_after_a_broken_one(tmp_path):
         config = repo / "tiny" / "config.pbtxt"
         good = config.read_text()
         config.write_text(good.replace('name: "input"', 'name: "wrong_input_name"'))
-        assert _wait_for(lambda: any(e["state"] == "UNAVAILABLE" for e in json.loads(
+        assert wait_for(lambda: any(e["state"] == "UNAVAILABLE" for e in json.loads(
             server.post("/v2/repository/index", b"")[2])))
         assert json.loads(server.get("/v2/models/tiny/config")[1])["input"][0]["name"] == "input"  # old serves
         config.write_text(good.replace("max_batch_size: 4", "max_batch_size: 2"))
-        assert _wait_for(lambda: json.loads(server.get("/v2/models/tiny/config")[1])["max_batch_size"] == 2)
+        assert wait_for(lambda: json.loads(server.get("/v2/models/tiny/config")[1])["max_batch_size"] == 2)
         assert json.loads(server.post("/v2/repository/index", b"")[2]) == [
             {"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
     finally:

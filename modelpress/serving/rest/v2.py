@@ -1,7 +1,9 @@
 """The KServe v2 (Open Inference Protocol) HTTP routes, as Triton serves them.
 
 Each route decodes the request, calls the data plane and encodes its answer: JSON documents,
-and infer responses in JSON or the binary tensor extension.
+and infer responses in JSON or the binary tensor extension. A text model's infer takes a BYTES
+input `text` (or its token inputs) and answers with response `parameters` saying which rows
+were truncated (see `serving.textmodel`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ def _named(request: Request) -> tuple[str | None, str | None]:
 async def infer_response(plane: DataPlane, mv: ModelVersion, body: bytes, header: str | None,
                          version: str | None = None) -> Response:
     """Answer a v2 infer body (JSON, or JSON header + binary tensors) on `mv`."""
-    req = parse_infer(body, header)
+    req = parse_infer(body, header, bytes_inputs=mv.text is not None)  # texts only for a text model
     result = await plane.infer(mv, req, version)
     binary = set(result.outputs) if req.binary_default else req.binary_outputs
-    payload, headers = encode_infer(result.model.name, str(result.model.version), result.id, result.outputs, binary)
+    payload, headers = encode_infer(result.model.name, str(result.model.version), result.id, result.outputs, binary,
+                                    result.parameters)
     return Response(payload, headers=headers)
 
 

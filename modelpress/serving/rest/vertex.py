@@ -3,6 +3,12 @@
 AIP_HEALTH_ROUTE answers 200 once every model is ready. AIP_PREDICT_ROUTE takes Vertex's
 {"instances": [...], "parameters": {...}} and answers {"predictions": [...]}, one per
 instance; a v2 infer body sent there (rawPredict) is answered as the v2 infer route would.
+
+A text model takes {"instances": [{"text": "..."}, ...]} or bare strings {"instances": ["..."]}
+and answers {"predictions": [{"logits": [...], "label": "...", "truncated": false}, ...],
+"parameters": {"truncated": [rows], "max_length": N}}: `truncated` per prediction says whether
+that text lost tokens at max_length, and the top-level `parameters` lists the rows as the v2
+response does (Vertex's front end may keep only `predictions`, hence both).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from modelpress.serving.protocol import BINARY_HEADER, DATATYPES
 from modelpress.serving.rest.messages import json_response, read_body
 from modelpress.serving.rest.v2 import infer_response
 from modelpress.serving.store import ModelVersion
+from modelpress.serving.text import texts_from_instances
+from modelpress.serving.textmodel import text_predictions
 
 
 def instances_to_inputs(mv: ModelVersion, instances) -> dict[str, np.ndarray]:
@@ -72,6 +80,8 @@ class VertexRoutes:
         if not isinstance(params, dict):
             raise ClientError("'parameters' must be a JSON object, e.g. {\"probabilities\": true}")
         postprocess.wants_probabilities(params)  # a 4xx before any compute
+        if mv.text is not None:
+            return await self._predict_texts(mv, texts_from_instances(doc["instances"]), params)
         inputs = instances_to_inputs(mv, doc["instances"])
         limit = mv.policy.max_batch_size or 1
         rows = len(next(iter(inputs.values())))
@@ -83,6 +93,17 @@ class VertexRoutes:
         predictions = postprocess.predictions(mv, merged, params)
         return json_response({"predictions": predictions, "deployedModelId": None, "model": mv.name,
                               "modelVersionId": str(mv.version)})
+
+    async def _predict_texts(self, mv: ModelVersion, texts: list[str], params: dict):
+        limit = mv.policy.max_batch_size or 1
+        parts = await asyncio.gather(*[self.plane.infer_texts(mv, texts[i:i + limit])
+                                       for i in range(0, len(texts), limit)])
+        merged = {k: np.concatenate([p[k] for p, _, _ in parts]) for k in parts[0][0]}
+        mv, said = parts[-1][1], parts[-1][2]
+        truncated = [i * limit + row for i, (_, _, part) in enumerate(parts) for row in part["truncated"]]
+        return json_response({"predictions": text_predictions(mv, merged, params, truncated),
+                              "parameters": {**said, "truncated": truncated}, "deployedModelId": None,
+                              "model": mv.name, "modelVersionId": str(mv.version)})
 
     def _only_model(self) -> str:
         names = self.plane.model_names()

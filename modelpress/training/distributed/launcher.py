@@ -18,6 +18,7 @@ from modelpress import training
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
 from modelpress.data.dataset import load_dataset
+from modelpress.data.text import is_text_dataset
 from modelpress.training.distributed import ddp, pipeline
 from modelpress.training.distributed.layout import Layout, Nodes, cpu_cores, resolve_nodes
 from modelpress.training.distributed.ranks import LABEL, Rank
@@ -55,6 +56,9 @@ def plan(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_arg
     if settings.epochs < 1:
         raise ModelpressError("distributed training needs epochs >= 1 (epochs 0, taking a trained model as it "
                               "is, belongs to the optimise pipeline's train step)")
+    if is_text_dataset(dataset_dir):
+        raise ModelpressError("distributed training of text models is not supported yet: train them with the train "
+                              "step (the optimise pipeline, or the training pipeline on the local target)")
     if (local_path(dataset_dir) / "schema.json").exists() and load_dataset(dataset_dir).task != "classification":
         raise ModelpressError("distributed training trains classifiers for now; train a regression model with "
                               "the train step (the training pipeline locally, or the optimise pipeline)")
