@@ -99,6 +99,7 @@ def validate_values(values: dict) -> None:
     from modelpress import data, models
     from modelpress.compression import quantisation, recipe, text_quantisation
     from modelpress.models import text as text_models
+    from modelpress.models import text_sources
     from modelpress.data import preprocessing
     from modelpress.selection import decision
     from modelpress.training.loop import TrainSettings
@@ -129,8 +130,9 @@ def validate_values(values: dict) -> None:
         if arch_key == "student_architecture" and "distil" not in values.get("steps", recipe.STEPS):
             continue  # the recipe leaves distillation out: no student is built
         if text:
-            text_models.check_text_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key)
-        elif text_models.is_text_architecture(values[arch_key]) or values[arch_key] == text_models.FROM_TEACHER:
+            text_sources.check_text_arguments(values[arch_key], values.get(args_key) or {}, arch_key, args_key,
+                                              max_length=values.get("max_length"))
+        elif text_sources.is_text_architecture(values[arch_key]) or values[arch_key] == text_models.FROM_TEACHER:
             raise ModelpressError(f"{arch_key} {values[arch_key]!r} is a text model: set text_column to the column "
                                   "of your texts (and source to a .csv or .jsonl of them)")
         else:
@@ -218,6 +220,16 @@ def _check_text(values: dict) -> None:
                               "epochs >= 1 to train the bert")
     if values.get("replace_head") and not pretrained:
         raise ModelpressError("replace_head applies to an hf:<folder> model; drop it for architecture bert")
+    if values.get("replace_head") and values.get("epochs", 1) == 0:
+        raise ModelpressError("replace_head with epochs 0 would score an untrained classifier; fine-tune it "
+                              "(epochs >= 1) or drop replace_head")
+    if values.get("warm_start"):
+        raise ModelpressError("warm_start is for image and table models; retrain a text model from scratch "
+                              "(warm_start: \"\"), or fine-tune a deployed one with the optimise pipeline "
+                              "(architecture: hf:<its torch model folder>)")
+    if values.get("code_dir"):
+        raise ModelpressError("code_dir is for your package.module:callable image and table models; a text model is "
+                              "bert or an hf:<folder>: leave code_dir empty")
 
 
 def _in_range(values: dict, key: str, low: float, high: float, *, high_open: bool = False) -> None:

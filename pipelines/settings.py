@@ -14,6 +14,7 @@ from pathlib import Path
 from modelpress.core.errors import ModelpressError
 from modelpress.data import BUILTIN_SOURCES
 from modelpress.data.fingerprint import dataset_fingerprint, fingerprint as content_fingerprint
+from modelpress.data.tokenizer import find_tokenizer_file
 from modelpress.models.text import HF_PREFIX
 from modelpress.selection.retraining import CHAMPION
 from pipelines import targets
@@ -59,6 +60,10 @@ class TargetConfig:
         if isinstance(merged.get("normalise"), dict):  # {mean, std} in YAML; a JSON string parameter in KFP
             merged["normalise"] = json.dumps(merged["normalise"])
         values = check_parameters(merged, sig, name)
+        if values.get("text_column") and name == "training" and self.target.name == "vertex":
+            raise ModelpressError("the training pipeline on Vertex AI trains with distributed-train, which does not "
+                                  "train text models yet: train them with the optimise pipeline (its train step "
+                                  "takes text)")
         for key in LOCAL_PATH_PARAMETERS & set(sig):
             value = str(values.get(key, sig[key][1]) or "")
             if key == "code_dir" and value and self.target.name == "vertex":
@@ -86,6 +91,12 @@ class TargetConfig:
             folder = self.target.kind.path_parameter("architecture", folder, must_exist=True)
             values["architecture"] = HF_PREFIX + folder
         if not values.get("tokenizer"):
+            if not folder.startswith("gs://"):  # the model reads its own tokenizer's ids: it must be there
+                try:
+                    find_tokenizer_file(folder)
+                except ModelpressError as exc:
+                    raise ModelpressError(f"{architecture}: {exc} Its model needs the ids of the tokenizer it was "
+                                          "trained with: save that beside it, or set tokenizer to its folder") from None
             values["tokenizer"] = folder
 
 

@@ -35,6 +35,7 @@ from modelpress.data.fingerprint import dataset_fingerprint
 from pipelines import settings
 from pipelines.compile import compile_pipeline
 from pipelines.registry import PIPELINES
+from pipelines.signature import signature
 
 
 def _plan(args, cfg) -> list[dict]:
@@ -131,7 +132,7 @@ def fingerprint_source(item: dict, cfg, *, dry_run: bool, log) -> None:
         return
     params["source_fingerprint"] = dataset_fingerprint(source, str(params.get("tokenizer") or ""))
     log(f"source {source}: content fingerprint {params['source_fingerprint']} (the data step's cache key)")
-    if "start_fingerprint" in params or settings.start_files(params):
+    if "start_fingerprint" in signature(item["pipeline"], cfg.target) and settings.start_files(params):
         params["start_fingerprint"] = settings.start_fingerprint(params)
 
 

@@ -20,6 +20,7 @@ from modelpress.export import runtime
 from modelpress.export.text_artifact import copy_tokenizer
 from modelpress.export.text_runtime import score_text_onnx
 from modelpress.models import text as text_models
+from modelpress.models import text_sources
 from modelpress.training.loop import TrainSettings
 from modelpress.training.text_step import text_card
 from modelpress.data.token_batches import trim_batch
@@ -66,8 +67,8 @@ def quantise_text_step(onnx_dir: str, dataset_dir: str, out_dir: str, *, method:
 
 def _student(teacher, architecture: str, args: dict, ds):
     """What distil_text starts the student from: a number of teacher layers (None: half) or a model."""
-    text_models.check_text_arguments(architecture, args, "student_architecture", "student_args")
-    args = text_models.integral(args)
+    text_sources.check_text_arguments(architecture, args, "student_architecture", "student_args")
+    args = text_sources.integral(args)
     if architecture == text_models.FROM_TEACHER:
         return args.get("layers")
     if architecture == text_models.BERT_CONFIG:

@@ -94,6 +94,7 @@ def _label_text(value) -> str:
 
 
 def _read_csv(text: str, source: str, text_column: str, label_column: str):
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long text is a long field, not a quoting slip
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
@@ -125,7 +126,8 @@ def _read_csv(text: str, source: str, text_column: str, label_column: str):
 
 def _read_jsonl(text: str, source: str, text_column: str, label_column: str):
     rows = []
-    for line, content in enumerate(text.splitlines(), start=1):
+    # split on \n only: str.splitlines also breaks at U+2028 and other separators JSON strings may hold raw
+    for line, content in enumerate((part.rstrip("\r") for part in text.split("\n")), start=1):
         if not content.strip():
             continue
         try:
@@ -221,14 +223,15 @@ def make_text_dataset(source: str, out_dir: str, *, text_column: str = "text", l
             arrays = tokenize(texts, loaded, max_length)
             if name == "train":
                 stats = length_stats(arrays["full_lengths"], max_length)
+            cut = int(arrays["truncated"].sum())
+            if cut:
+                log(f"[make-dataset] {name}: {cut} text(s) ({cut / len(texts):.1%}) longer than max_length {max_length} "
+                    "tokens, truncated")
             np.savez(tmp / f"{name}.npz", y=y[idx], **{k: arrays[k] for k in (*ARRAYS, "lengths", "full_lengths")})
             lines = [json.dumps({"text": t, "label": labels["class_names"][int(c)], "y": int(c),
                                  "line": int(data.raw.line_numbers[i])})
                      for t, c, i in zip(texts, y[idx], idx)]
             write_text_atomic(tmp / f"{name}_text.jsonl", "".join(f"{s}\n" for s in lines))
-        if stats["truncated_rows"]:
-            log(f"[make-dataset] {stats['truncated_rows']} training text(s) ({stats['truncated_share']:.1%}) are "
-                f"longer than max_length {max_length} tokens and were truncated (p99 {stats['p99']})")
         schema = {
             "format_version": SCHEMA_VERSION, "task": "classification", "input_kind": "text", "dtype": "int64",
             **labels, "max_length": max_length, "vocab_size": int(tok.get_vocab_size()),

@@ -178,7 +178,7 @@ def _pad_id(tok, config: dict, file: Path, padding: dict | None) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _load_cached(file: str, folder: str | None, stamp: tuple[int, int]) -> LoadedTokenizer:
+def _load_cached(file: str, folder: str | None, stamp: tuple) -> LoadedTokenizer:
     from tokenizers import Tokenizer
 
     path = Path(file)
@@ -203,9 +203,9 @@ def _load_cached(file: str, folder: str | None, stamp: tuple[int, int]) -> Loade
 def load_tokenizer(path: str | os.PathLike) -> LoadedTokenizer:
     """Load (once per file version: the server calls this per batch) the tokenizer at `path`."""
     file, folder = find_tokenizer_file(path)
-    st = file.stat()
-    return _load_cached(str(file.resolve()), str(folder.resolve()) if folder else None,
-                        (st.st_mtime_ns, st.st_size))
+    config = folder / "tokenizer_config.json" if folder else None
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f and f.is_file() else None for f in (file, config))
+    return _load_cached(str(file.resolve()), str(folder.resolve()) if folder else None, stamp)
 
 
 def save_tokenizer(tok, folder: Path, *, pad_id: int, config: dict | None = None,
@@ -249,7 +249,7 @@ def as_text(value, where: str) -> str:
 
 
 def tokenize(texts: Sequence[str | bytes], tokenizer: str | os.PathLike | LoadedTokenizer,
-             max_length: int) -> dict[str, np.ndarray]:
+             max_length: int, *, char_limit: int | None = None) -> dict[str, np.ndarray]:
     """Token ids of `texts`, padded to the batch's longest row and truncated at `max_length`.
 
     Returns int64 arrays ``input_ids``, ``attention_mask``, ``token_type_ids`` (N, L) with
@@ -258,12 +258,19 @@ def tokenize(texts: Sequence[str | bytes], tokenizer: str | os.PathLike | Loaded
     the post-processor's tokens ([CLS] ... [SEP]), exactly as ``PreTrainedTokenizerFast(...,
     truncation=True, max_length=max_length)`` does. Bytes are decoded as UTF-8; a non-UTF-8,
     non-string or empty text is a ModelpressError naming its row.
+
+    `char_limit` (the server's) cuts a longer string to that many characters before tokenising, so a
+    megabyte of text costs no more than what max_length keeps; such a row counts as truncated and
+    its ``full_lengths`` are those of the cut string.
     """
     loaded = tokenizer if isinstance(tokenizer, LoadedTokenizer) else load_tokenizer(tokenizer)
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < loaded.added + 1:
         raise ModelpressError(f"max_length must be a whole number of at least {loaded.added + 1} "
                               f"({loaded.added} special token(s) and one of text), got {max_length!r}")
     strings = [as_text(t, f"text {i}") for i, t in enumerate(texts)]
+    cut = np.array([bool(char_limit) and len(t) > char_limit for t in strings], dtype=bool)
+    if cut.any():
+        strings = [t[:char_limit] for t in strings]
     tok = loaded.tokenizer
     # Encode without the special tokens, cut the text part, then post-process: the order the
     # Rust tokenizer uses when truncation is enabled, without changing the shared tokenizer's
@@ -288,5 +295,5 @@ def tokenize(texts: Sequence[str | bytes], tokenizer: str | os.PathLike | Loaded
         out["token_type_ids"][i, :n] = r.type_ids
     out["lengths"] = kept
     out["full_lengths"] = full
-    out["truncated"] = full > kept
+    out["truncated"] = (full > kept) | cut
     return out

@@ -21,6 +21,7 @@ from modelpress.export import runtime
 from modelpress.export.text_export import OPSET, OUTPUT_NAME, export_text_onnx
 from modelpress.export.text_runtime import predict_text_onnx
 from modelpress.models import text as text_models
+from modelpress.models import text_sources
 from modelpress.models.text_shapes import attention_size
 from modelpress.training.text_loop import count_params, predict_text
 
@@ -84,7 +85,7 @@ def export_text_step(model_dir: str, dataset_dir: str, out_dir: str, *, opset: i
         card = ModelCard(
             framework="onnx", accuracy=accuracy, class_names=ds.class_names, task="classification",
             architecture=spec["architecture"], params=count_params(model),
-            flops=text_models.text_forward_flops(model, min(length, max_length)), input_shape=[-1, -1],
+            flops=text_sources.text_forward_flops(model, min(length, max_length)), input_shape=[-1, -1],
             extra={"format": "onnx", "opset": opset, "input_kind": "text", "input_name": TEXT_INPUT,
                    "output_name": OUTPUT_NAME, "max_length": max_length, "token_inputs": exported["inputs"],
                    "input": text_input(max_length, exported["inputs"], getattr(model.config, "type_vocab_size", 1) or 1), "exporter": exported["exporter"],

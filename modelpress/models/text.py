@@ -90,7 +90,10 @@ def check_folder(folder: str) -> Path:
                 "code from the checkpoint (trust_remote_code), which modelpress never runs. Use a model class "
                 "that ships with transformers, or save your model's weights into one (e.g. BertConfig + "
                 "BertForSequenceClassification) with save_pretrained")
-    if not any((path / w).exists() for w in SAFE_WEIGHTS):
+    weights = next((path / w for w in SAFE_WEIGHTS if (path / w).exists()), None)
+    if weights is not None and weights.suffix == ".safetensors":
+        _check_safetensors(weights, folder)
+    if weights is None:
         pickled = sorted({p.name for pattern in PICKLED for p in path.glob(pattern)})
         if pickled:
             raise ModelpressError(
@@ -101,6 +104,19 @@ def check_folder(folder: str) -> Path:
         raise ModelpressError(f"hf:{folder} has config.json but no model.safetensors; save the model with "
                               "model.save_pretrained(folder, safe_serialization=True)")
     return path
+
+
+def _check_safetensors(file: Path, folder: str) -> None:
+    """Read the weights file's header: a truncated file or a Git LFS pointer fails here, not in a step."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ModelpressError(f"hf:{folder}: {file.name} is not a readable safetensors file ({exc}); a Git LFS "
+                              "pointer or a truncated copy? Fetch the real file (git lfs pull) or save the model "
+                              "again with save_pretrained") from None
 
 
 def _read_config(config_file: Path) -> dict:
@@ -129,6 +145,8 @@ def load_hf(folder: str, num_labels: int | None = None, *, replace_head: bool = 
     classifier is a fresh, untrained head of the new size. Returns the model (eval mode) and
     its info (the artifact metadata; ``fresh_head`` names newly initialised tensors).
     """
+    from safetensors import SafetensorError
+
     tf = _transformers()
     path = check_folder(folder)
     try:
@@ -149,7 +167,7 @@ def load_hf(folder: str, num_labels: int | None = None, *, replace_head: bool = 
             model, loading = tf.AutoModelForSequenceClassification.from_pretrained(
                 str(path), config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False,
                 ignore_mismatched_sizes=replace_head, output_loading_info=True)
-    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+    except (ValueError, OSError, RuntimeError, KeyError, SafetensorError) as exc:
         raise ModelpressError(f"hf:{folder}: transformers cannot load it as a sequence classifier "
                               f"({type(exc).__name__}: {str(exc)[:400]}); save it with "
                               "save_pretrained(folder, safe_serialization=True)") from None
@@ -170,8 +188,7 @@ def bert_from_config(vocab_size: int, num_labels: int, *, layers: int = 4, hidde
         raise ModelpressError(f"bert-config sizes must be positive integers; got {bad}")
     if hidden % heads:
         raise ModelpressError(f"bert-config: hidden ({hidden}) must be a multiple of heads ({heads}), since "
-                              f"each head gets hidden/heads dimensions; e.g. hidden "
-                              f"{heads * max(1, hidden // heads)} or heads {_divisor_near(hidden, heads)}")
+                              f"each head gets hidden/heads dimensions; e.g. hidden {heads * max(1, hidden // heads)}")
     config = tf.BertConfig(vocab_size=vocab_size, num_labels=num_labels, num_hidden_layers=layers,
                            hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate,
                            max_position_embeddings=max_position)
@@ -179,10 +196,6 @@ def bert_from_config(vocab_size: int, num_labels: int, *, layers: int = 4, hidde
         torch.manual_seed(seed)
         model = tf.BertForSequenceClassification(config)
     return model.eval()
-
-
-def _divisor_near(n: int, k: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
 def model_inputs(model: nn.Module) -> list[str]:
@@ -203,91 +216,6 @@ def text_info(model: nn.Module, source: str, class_names: list[str] | None = Non
             "max_length": int(max_length or min(positions, 512)), "inputs": model_inputs(model),
             "layers": int(config.num_hidden_layers), "hidden": int(config.hidden_size),
             "heads": int(config.num_attention_heads), "vocab_size": int(config.vocab_size)}
-
-
-def integral(args: dict) -> dict:
-    """Whole-number floats as ints: KFP passes dict parameters through protobuf Struct, where every
-    number is a float."""
-    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in args.items()}
-
-
-def is_text_architecture(architecture) -> bool:
-    """Whether `architecture` names a text classifier source: ``bert`` or ``hf:<folder>``."""
-    return isinstance(architecture, str) and (architecture == BERT_CONFIG or architecture.startswith(HF_PREFIX))
-
-
-def hf_folder(architecture: str) -> str:
-    return architecture[len(HF_PREFIX):]
-
-
-def check_text_arguments(architecture: str, args: dict, arch_key: str = "architecture",
-                         args_key: str = "model_args") -> None:
-    """Refuse, before anything runs, a text architecture or arguments that cannot work."""
-    if not isinstance(args, dict):
-        raise ModelpressError(f"{args_key} must be a mapping of arguments, e.g. {{layers: 4, hidden: 256}}")
-    args = integral(args)
-    if arch_key == "student_architecture" and architecture == FROM_TEACHER:
-        unknown = sorted(set(args) - {"layers"})
-        if unknown or not isinstance(args.get("layers", 1), int) or args.get("layers", 1) < 1:
-            raise ModelpressError(f"{args_key} for {FROM_TEACHER!r} takes only layers (a whole number >= 1; "
-                                  f"default half the teacher's), got {args}")
-        return
-    if architecture == BERT_CONFIG:
-        unknown = sorted(set(args) - set(BERT_ARGS))
-        if unknown:
-            raise ModelpressError(f"{args_key} {unknown} do not fit architecture 'bert', which takes {list(BERT_ARGS)}")
-        sizes = {**dict(layers=4, hidden=256, heads=4, intermediate=1024), **args}
-        bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
-        if bad:
-            raise ModelpressError(f"{args_key}: bert sizes must be whole numbers >= 1; got {bad}")
-        if sizes["hidden"] % sizes["heads"]:
-            raise ModelpressError(f"{args_key}: hidden ({sizes['hidden']}) must be a multiple of heads "
-                                  f"({sizes['heads']}), since each head gets hidden/heads dimensions")
-        return
-    if architecture.startswith(HF_PREFIX):
-        if args:
-            raise ModelpressError(f"{args_key} must be empty for {architecture}: the folder's config.json sets "
-                                  f"the sizes (got {args})")
-        if not hf_folder(architecture).startswith("gs://"):  # a bucket is checked where the step reads it
-            check_folder(hf_folder(architecture))
-        return
-    choices = ("bert or hf:<folder>" if arch_key == "architecture"
-               else f"{FROM_TEACHER} (the teacher with fewer layers, DistilBERT-style) or bert")
-    raise ModelpressError(f"{arch_key} {architecture!r} is not a text classifier; a text dataset (text_column set) "
-                          f"takes {choices}")
-
-
-def build_text_model(architecture: str, args: dict, *, vocab_size: int, num_labels: int, max_length: int,
-                     replace_head: bool = False, seed: int = 0) -> tuple[nn.Module, dict]:
-    """The model a text run starts from and its info: ``bert`` built from ``args`` (seeded, untrained)
-    or ``hf:<folder>`` loaded with its weights (``replace_head``: a fresh classifier of ``num_labels``)."""
-    check_text_arguments(architecture, args)
-    args = integral(args)
-    if architecture == BERT_CONFIG:
-        sizes = {"max_position": max_length, **args}
-        model = bert_from_config(vocab_size, num_labels, seed=seed, **sizes)
-        return model, text_info(model, BERT_CONFIG, max_length=max_length)
-    with torch.random.fork_rng(devices=[]):  # a fresh head is initialised from the seed
-        torch.manual_seed(seed)
-        model, info = load_hf(hf_folder(architecture), num_labels, replace_head=replace_head)
-    info["max_length"] = int(max_length)
-    return model, info
-
-
-def text_forward_flops(model: nn.Module, length: int) -> int:
-    """Forward FLOPs of one example of `length` tokens: 2 per weight of every encoder Linear per token,
-    the attention products (Q.K^T and probabilities.V: 2 x 2 x length^2 x hidden per layer), and the
-    pooler and classifier once (they see the first token only)."""
-    per_token = per_example = 0
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            if _LAYER.search(name + "."):
-                per_token += m.weight.numel()
-            else:
-                per_example += m.weight.numel()
-    config = model.config
-    return int(2 * per_token * length + 2 * per_example
-               + 4 * config.num_hidden_layers * length * length * config.hidden_size)
 
 
 # ------------------------------------------------------------------------ the artifact

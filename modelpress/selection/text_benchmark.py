@@ -25,6 +25,7 @@ from modelpress.evaluation import quality_metric, score_outputs
 from modelpress.export import runtime
 from modelpress.export.text_runtime import OUTPUT_NAME, graph_inputs
 from modelpress.models import text as text_models
+from modelpress.models import text_sources
 from modelpress.selection import benchmarking, quality
 from modelpress.selection.report import stability_label
 
@@ -37,13 +38,18 @@ def measured_lengths(ds: TextDataset) -> dict[str, int]:
     return {"p95": int(np.clip(ds.schema["token_lengths"]["p95"], 2, ds.max_length)), "max_length": ds.max_length}
 
 
-def long_texts(texts: list[str], count: int) -> list[str]:
-    """`count` strings, each the test texts joined from a different start: long enough to fill
-    max_length once truncated (checked by the caller), and not all the same."""
+def long_texts(texts: list[str], count: int, max_length: int) -> list[str]:
+    """`count` strings, each test texts joined from a different start until it is long enough to fill
+    max_length tokens once truncated (checked by the feed), and not all the same."""
+    enough = 16 * max_length  # characters: several per token in any real text
     joined = []
     for k in range(count):
-        start = (k * 7) % len(texts)
-        joined.append(" ".join(texts[start:] + texts[:start]))
+        parts, size, i = [], 0, (k * 7) % len(texts)
+        while size < enough and len(parts) < len(texts):
+            parts.append(texts[i])
+            size += len(texts[i]) + 1
+            i = (i + 1) % len(texts)
+        joined.append(" ".join(parts))
     return joined
 
 
@@ -70,7 +76,7 @@ class _Model:
                     return model(**{k: torch.from_numpy(a) for k, a in feed.items()}).logits.numpy()
             self.run = run
             self.params = sum(p.numel() for p in model.parameters())
-            self.flops_at = lambda length: text_models.text_forward_flops(model, length)
+            self.flops_at = lambda length: text_sources.text_forward_flops(model, length)
             self.runtime = f"torch {torch.__version__} eager CPU"
         else:
             source = runtime.onnx_file(folder)
@@ -103,11 +109,12 @@ def benchmark_text(variants: list[Variant], dataset_dir: str, out_json: str, *, 
     metric = quality_metric("classification")
     lengths = measured_lengths(ds)
     texts = ds.test.texts
-    batch_texts = long_texts(texts, THROUGHPUT_BATCH)
+    batch_texts = long_texts(texts, THROUGHPUT_BATCH, ds.max_length)
     rows, loaded = [], {}
     for v in variants:
         file = local_path(v.path) / (text_models.SPEC_FILE if v.kind == "torch" else runtime.ONNX_FILE)
-        weights = local_path(v.path) / "model.safetensors" if v.kind == "torch" else file
+        weights = next((local_path(v.path) / w for w in text_models.SAFE_WEIGHTS if (local_path(v.path) / w).exists()),
+                       file) if v.kind == "torch" else file
         meta = {**(runtime.read_meta(v.path) if v.kind == "onnx" else {}), **dict(v.metadata or {})}
         row = {"name": v.name, "role": v.role.value, "kind": v.kind, "task": "classification",
                "path": str(local_path(v.path)), "file": str(weights), "sha256": benchmarking.sha256(weights),
@@ -115,7 +122,7 @@ def benchmark_text(variants: list[Variant], dataset_dir: str, out_json: str, *, 
         try:
             m = _Model(v, ds, threads)
             scores = score_outputs(m.logits(texts), ds.test.y, "classification", len(ds.class_names))
-        except ModelpressError as exc:
+        except Exception as exc:  # noqa: BLE001 -- one variant that cannot run (a champion of another era) is noted
             row["note"] = f"cannot be scored on this text dataset: {str(exc)[:200]}"
             rows.append({**row, "accuracy": None, "latency_ms": None, "throughput_per_s": None, "runtime": None})
             log(f"[benchmark] {v.name}: {row['note']}")

@@ -14,6 +14,8 @@ from modelpress.core.results import ModelCard, StepResult
 from modelpress.data.text import TextDataset, load_text_dataset
 from modelpress.data.tokenizer import find_tokenizer_file
 from modelpress.models import text as text_models
+from modelpress.models import text_sources
+from modelpress.models.text_heads import align_head
 from modelpress.training.loop import TrainSettings, resolve_device
 from modelpress.training.text_loop import count_params, score_text, train_text
 
@@ -25,7 +27,7 @@ def text_card(model, ds: TextDataset, spec: dict, accuracy: float | None, extra:
     length = int(ds.schema["token_lengths"]["p95"])
     return ModelCard(framework="pytorch", accuracy=accuracy, class_names=ds.class_names, task="classification",
                      architecture=spec["architecture"], params=count_params(model),
-                     flops=text_models.text_forward_flops(model, min(length, ds.max_length)),
+                     flops=text_sources.text_forward_flops(model, min(length, ds.max_length)),
                      input_shape=[ds.max_length],
                      extra={"input_kind": "text", "max_length": ds.max_length, "flops_length": length,
                             "layers": int(model.config.num_hidden_layers), "hidden": int(model.config.hidden_size),
@@ -36,7 +38,7 @@ def check_tokenizer_matches(ds: TextDataset, architecture: str, dataset_dir: str
     """An hf: model must read the ids of its own tokenizer, not of one trained on the data."""
     if not architecture.startswith(text_models.HF_PREFIX) or ds.schema["tokenizer"]["source"] != "trained":
         return
-    folder = text_models.hf_folder(architecture)
+    folder = text_sources.hf_folder(architecture)
     try:
         find_tokenizer_file(folder)
         where = "comes with its own tokenizer"
@@ -61,11 +63,20 @@ def train_text_step(dataset_dir: str, out_dir: str, *, architecture: str, model_
     if replace_head and not pretrained:
         raise ModelpressError("replace_head applies to an hf:<folder> model (its classifier is swapped for the "
                               "dataset's classes); a bert built from a config gets the right head already")
+    if replace_head and settings.epochs == 0:
+        raise ModelpressError("replace_head with epochs 0 would score an untrained classifier; fine-tune it "
+                              "(epochs >= 1) or drop replace_head")
     ds = load_text_dataset(dataset_dir)
     check_tokenizer_matches(ds, architecture, dataset_dir)
-    model, info = text_models.build_text_model(
+    model, info = text_sources.build_text_model(
         architecture, dict(model_args or {}), vocab_size=int(ds.schema["vocab_size"]),
         num_labels=len(ds.class_names), max_length=ds.max_length, replace_head=replace_head, seed=settings.seed)
+    head = align_head(model, ds.class_names, fresh=info.get("fresh_head") or [], replace_head=replace_head,
+                      source=architecture, log=log) if pretrained else "new"
+    if head == "fresh" and settings.epochs == 0:
+        raise ModelpressError(f"{architecture} has no trained classifier (new: {info['fresh_head']}): it is an encoder "
+                              "without a head; fine-tune it (epochs >= 1) with replace_head, or give a sequence "
+                              "classifier's folder")
     if int(model.config.vocab_size) < int(ds.schema["vocab_size"]):
         raise ModelpressError(f"the dataset's tokenizer has {ds.schema['vocab_size']} tokens but {architecture}'s "
                               f"embedding has {model.config.vocab_size}: use the model's own tokenizer")
@@ -88,7 +99,7 @@ def train_text_step(dataset_dir: str, out_dir: str, *, architecture: str, model_
         model = fitted["model"]
     seconds = time.perf_counter() - t0
     test = score_text(model, ds.test)
-    start = {"start": kind, "replace_head": bool(replace_head)}
+    start = {"start": kind, "replace_head": bool(replace_head), "head": head}
     spec = text_models.save_text_model(model, ds.tokenizer_dir, out_dir, {
         **info, "class_names": ds.class_names, "max_length": ds.max_length, "train_settings": asdict(settings),
         "task": "classification", **start})

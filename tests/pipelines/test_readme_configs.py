@@ -109,7 +109,9 @@ def test_the_readme_text_config_and_configs_text_yaml_pass_the_checks(tmp_path, 
     folder = tmp_path / values["architecture"][len("hf:"):]
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "distilbert"}))
-    (folder / "model.safetensors").write_bytes(b"stand-in")
+    from safetensors.torch import save_file
+
+    save_file({"stand_in": torch.zeros(1)}, str(folder / "model.safetensors"))  # a readable header
     (folder / "tokenizer.json").write_text("{}")
     (tmp_path / "mine.yaml").write_text(body)
     params = settings.load("local", tmp_path / "mine.yaml").pipeline_parameters("optimise")
@@ -128,12 +130,41 @@ def test_the_readme_text_config_and_configs_text_yaml_pass_the_checks(tmp_path, 
     ({"quantisation_methods": ["fused", "int4"]}, "'int4' is not a quantisation method"),
     ({"model_args": {"layers": 2, "hidden": 30, "heads": 4}}, "hidden \\(30\\) must be a multiple of heads \\(4\\)"),
     ({"model_args": {"channels": [8]}}, "\\['channels'\\] do not fit architecture 'bert'"),
+    ({"code_dir": "src"}, "code_dir is for your package.module:callable"),
+    ({"model_args": {"max_position": 64}, "max_length": 128}, "max_position 64 is below max_length 128"),
 ])
 def test_text_runs_that_cannot_work_are_refused(overrides, message):
     text = {"text_column": "text", "architecture": "bert", "model_args": {"layers": 1},
             "student_architecture": "from-teacher", "student_args": {}}
     with pytest.raises(ModelpressError, match=message):
         settings.load("local").pipeline_parameters("optimise", {**text, **overrides})
+
+
+def test_an_hf_folder_without_its_tokenizer_and_text_training_on_vertex_are_refused(tmp_path, monkeypatch):
+    import json
+
+    from modelpress.models import text
+
+    monkeypatch.chdir(tmp_path)
+    text.bert_from_config(50, 2, layers=1, hidden=16, heads=2, intermediate=32, max_position=64).save_pretrained(
+        tmp_path / "bare", safe_serialization=True)  # weights and config, no tokenizer beside them
+    (tmp_path / "t.csv").write_text("text,label\ngreat,positive\n")
+    values = {"source": "t.csv", "text_column": "text", "architecture": "hf:bare", "model_args": {},
+              "max_length": 64, "student_architecture": "from-teacher", "student_args": {}}
+    with pytest.raises(ModelpressError, match="hf:bare: tokenizer folder .* has no vocabulary.*set tokenizer to"):
+        settings.load("local").pipeline_parameters("optimise", values)
+    with pytest.raises(ModelpressError, match="is more tokens than hf:.* has position embeddings for"):
+        settings.load("local").pipeline_parameters("optimise", {**values, "max_length": 128})
+    assert json.loads((tmp_path / "bare" / "config.json").read_text())["max_position_embeddings"] == 64
+    with pytest.raises(ModelpressError, match="training pipeline on Vertex AI .* does not train text models"):
+        settings.load("vertex").pipeline_parameters("training", {"source": "gs://b/t.csv", "text_column": "text",
+                                                                  "architecture": "bert", "model_args": {}})
+
+
+def test_retraining_a_text_model_from_the_champion_is_refused_before_it_runs():
+    with pytest.raises(ModelpressError, match="warm_start is for image and table models"):
+        settings.load("local").pipeline_parameters("retraining", {"text_column": "text", "architecture": "bert",
+                                                                   "model_args": {}, "warm_start": "champion"})
 
 
 def test_text_models_need_text_column_and_fused_is_for_text():

@@ -161,3 +161,23 @@ def test_synthetic_reviews_are_balanced_and_deterministic():
     assert rows == synthetic_reviews(400, seed=5) and rows != synthetic_reviews(400, seed=6)
     share = sum(lab == "positive" for _, lab in rows) / len(rows)
     assert 0.35 < share < 0.65 and len({t for t, _ in rows}) > 390
+
+
+def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
+    import json as _json
+
+    rows = [{"text": f"first part\u2028second {i}\x0cthird", "label": "ab"[i % 2]} for i in range(30)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(_json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    from modelpress.data.text import load_text_source
+
+    source = load_text_source(str(path))
+    assert len(source.texts) == 30 and "\u2028" in source.texts[0]
+
+
+def test_a_text_longer_than_the_csv_field_limit_is_read(tmp_path):
+    from modelpress.data.text import load_text_source
+
+    long = "word " * 40000  # 200,000 characters: past csv's default 131,072
+    (tmp_path / "t.csv").write_text("text,label\n" + f'"{long}",a\n' + "short,b\n")
+    assert len(load_text_source(str(tmp_path / "t.csv")).texts[0]) == len(long)

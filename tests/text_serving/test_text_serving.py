@@ -273,3 +273,15 @@ def test_tiny_bert_logits_equal_batched_or_alone(tokeniser, version_dir):
     assert feed2["input_ids"].shape[1] == max(encoded[i][0]["input_ids"].shape[1] for i in (0, 2))
     out = text.text_outputs(merged[1]["logits"], CLASSES)
     assert out["label"].shape == (3,) and {v.decode() for v in out["label"]} <= set(CLASSES)
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenised(tokeniser):
+    import time
+
+    huge = "the cat sat on the mat " * 200_000  # 4.6 MB: whole, it took seconds and gigabytes
+    t0 = time.perf_counter()
+    inputs, truncated = tokeniser.encode([huge, "a dog ran"])
+    assert time.perf_counter() - t0 < 2.0
+    assert truncated == [0] and inputs["input_ids"].shape == (2, MAX_LENGTH)
+    assert (tokeniser.encode([huge[: text.CHARS_PER_TOKEN * MAX_LENGTH]])[0]["input_ids"][0]
+            == inputs["input_ids"][0]).all()  # the same ids as the text cut at the limit
