@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving
+.PHONY: help install install-ray demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml
 	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "modelpress_user_code.pth").write_text(str(pathlib.Path("user_code").resolve()) + "\n")'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install modelpress with pinned dependencies
+# Ray Train (the second distributed engine, ~600 MB) is an extra: the tests install it, the demo does not
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,ray]'
+	@touch $(RAY_STAMP)
+
+install: $(STAMP) ## Create .venv and install modelpress with pinned dependencies (make install-ray: Ray too)
+
+install-ray: $(RAY_STAMP) ## Also install the ray extra (Ray Train: distributed-train's engine ray)
 
 demo: $(STAMP) ## Run the optimise pipeline locally on the built-in digits dataset
 	$(PY) pipelines/run_local.py optimise --config configs/local.yaml
@@ -31,10 +39,10 @@ demo-text: $(STAMP) ## Run the optimise pipeline on text: made-up reviews (revie
 	@test -f reviews.csv || $(PY) -c 'from modelpress.data.text import write_reviews; print("wrote", write_reviews("reviews.csv", 3000))'
 	$(PY) pipelines/run_local.py optimise --config configs/text.yaml
 
-test: $(STAMP) ## Run the test suite (slow tests excluded; see test-all)
+test: $(RAY_STAMP) ## Run the test suite (slow tests excluded; see test-all)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## Run every test, slow ones included
+test-all: $(RAY_STAMP) ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 compile: $(STAMP) ## Compile every pipeline for every target into build/pipelines/
@@ -52,7 +60,7 @@ bench-byom: $(STAMP) ## A torchvision ResNet-18 checkpoint through the optimise 
 bench-text: $(STAMP) ## A BERT-style teacher, its ONNX variants and a distilled student on review texts (~15 min)
 	$(PY) benchmarks/text.py
 
-bench-distributed: $(STAMP) ## DDP throughput for 1..cores processes, scaling efficiency, gradient bytes (~2 min)
+bench-distributed: $(RAY_STAMP) ## DDP throughput for 1..cores processes, scaling efficiency, gradient bytes (~2 min)
 	$(PY) benchmarks/distributed.py
 
 serve: $(STAMP) ## Serve model_repository/ (what the demo deployed) on 127.0.0.1:8000, metrics on :8002

@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modelpress import data, models, training  # noqa: E402
-from modelpress.compression import distillation, pruning, quantisation  # noqa: E402
+from modelpress.compression import distillation, pruning, qat, quantisation  # noqa: E402
 from modelpress.evaluation import torch_scoring  # noqa: E402
 from modelpress.export import onnx_export, runtime  # noqa: E402
 from modelpress.selection import benchmarking  # noqa: E402
 from pipelines.config import check_keys, load_yaml  # noqa: E402
 
-SECTIONS = ("dataset", "teacher", "structured", "unstructured", "student", "quantisation", "measure")
+SECTIONS = ("dataset", "teacher", "structured", "unstructured", "student", "quantisation", "qat", "measure")
 
 
 def log(msg: str) -> None:
@@ -85,25 +85,35 @@ def produce(cfg: dict, work: Path, reuse: bool) -> dict[str, Path]:
             onnx_export.export_onnx(str(tdir), str(step["ds"]), str(onnx_dirs[name]), log=log)
     q = cfg["quantisation"]
     quantised = {}
-    for name, method in (("teacher", "static-int8"), ("teacher", "dynamic-int8"),
-                         ("structured", "static-int8"), ("student", "static-int8")):
-        out = work / f"{name}-{method}"
-        quantised[(name, method)] = out
+    for name, method, per_channel in (("teacher", "static-int8", True), ("teacher", "dynamic-int8", True),
+                                      ("structured", "static-int8", True), ("student", "static-int8", True),
+                                      ("teacher", "static-int8", False)):
+        out = work / f"{name}-{method}{'' if per_channel else '-per-tensor'}"
+        quantised[(name, method, per_channel)] = out
         if need(out):
             quantisation.quantise(str(onnx_dirs[name]), str(step["ds"]), str(out), method=method,
-                                  calibration_samples=q["calibration_samples"],
+                                  calibration_samples=q["calibration_samples"], per_channel=per_channel,
                                   calibration_method=q["calibration_method"], log=log)
+    # quantisation-aware training, per tensor: the counterpart of the per-tensor post-training variant
+    qa = cfg["qat"]
+    qat_dir = work / "teacher-qat-per-tensor"
+    if need(qat_dir):
+        qat.qat(str(step["teacher"]), str(step["ds"]), str(qat_dir), per_channel=False, log=quiet,
+                settings=training.TrainSettings(epochs=qa["epochs"], learning_rate=qa["learning_rate"],
+                                                batch_size=qa.get("batch_size", 64), patience=0))
     return {
         "dataset": step["ds"],
         "torch eager fp32": step["teacher"],
         "ONNX fp32": onnx_dirs["teacher"],
-        "static int8": quantised[("teacher", "static-int8")],
-        "dynamic int8": quantised[("teacher", "dynamic-int8")],
+        "static int8": quantised[("teacher", "static-int8", True)],
+        "dynamic int8": quantised[("teacher", "dynamic-int8", True)],
+        "static int8 per-tensor": quantised[("teacher", "static-int8", False)],
+        "QAT int8 per-tensor": qat_dir,
         "structured-pruned fp32": onnx_dirs["structured"],
-        "structured-pruned static int8": quantised[("structured", "static-int8")],
+        "structured-pruned static int8": quantised[("structured", "static-int8", True)],
         "unstructured-pruned fp32": onnx_dirs["unstructured"],
         "distilled student fp32": onnx_dirs["student"],
-        "distilled student static int8": quantised[("student", "static-int8")],
+        "distilled student static int8": quantised[("student", "static-int8", True)],
         "student without teacher fp32": onnx_dirs["scratch"],
     }
 
@@ -172,8 +182,19 @@ def ratios(variants: list[dict]) -> dict:
                                "minus_scratch_points": 100 * (by["distilled student fp32"]["accuracy"]
                                                               - by["student without teacher fp32"]["accuracy"])},
         "onnx_fp32_vs_torch_eager": {"p50": r("ONNX fp32", "torch eager fp32", "latency_ms", "p50")},
+        "qat_vs_static_int8_per_tensor": qat_recovery(by),
     }
     return out
+
+
+def qat_recovery(by: dict) -> dict:
+    """Per tensor, same run: the points post-training quantisation loses against fp32, the points QAT
+    loses, the share of the loss QAT recovers, and QAT's p50 against the post-training variant's."""
+    fp32, ptq, qat_ = (by[n]["accuracy"] for n in ("ONNX fp32", "static int8 per-tensor", "QAT int8 per-tensor"))
+    ptq_loss, qat_loss = 100 * (fp32 - ptq), 100 * (fp32 - qat_)
+    return {"ptq_loss_points": ptq_loss, "qat_loss_points": qat_loss,
+            "recovered_share": (ptq_loss - qat_loss) / ptq_loss if ptq_loss > 0 else None,
+            "p50_qat_vs_ptq": by["QAT int8 per-tensor"]["latency_ms"]["p50"] / by["static int8 per-tensor"]["latency_ms"]["p50"]}
 
 
 def markdown(variants: list[dict], machine: dict, rat: dict, cfg_path: str) -> str:

@@ -1,4 +1,5 @@
-"""DDP scaling on this machine: throughput for 1, 2, ... processes, efficiency, gradient bytes.
+"""DDP scaling on this machine: throughput for 1, 2, ... processes, efficiency, gradient bytes; then
+DDP and FSDP2 under torchrun and under Ray Train side by side: samples/s and bytes held per rank.
 
     python benchmarks/distributed.py [--processes 1,2] [--epochs 8] [--repeats 3]
                                      [--image-size 32] [--json PATH] [--work-dir DIR]
@@ -41,20 +42,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_once(ds_dir: Path, work: Path, procs: int, threads: int, args) -> dict:
+def run_once(ds_dir: Path, work: Path, procs: int, threads: int, args, parallelism: str = "ddp",
+             engine: str = "torchrun") -> dict:
     settings = training.TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=0, patience=0,
                                       device="cpu")
-    result = distributed.train(str(ds_dir), str(work / f"model-{procs}x{threads}"), architecture=args.architecture,
-                               model_args=args.model_args, settings=settings, log=lambda _m: None, verbose=False,
+    t0 = time.perf_counter()
+    result = distributed.train(str(ds_dir), str(work / f"model-{engine}-{parallelism}-{procs}x{threads}"),
+                               architecture=args.architecture, model_args=args.model_args, settings=settings,
+                               log=lambda _m: None, verbose=False,
                                layout=distributed.Layout(nproc_per_node=procs, threads_per_process=threads,
-                                                         master_port=free_port()))
+                                                         master_port=free_port(), parallelism=parallelism,
+                                                         engine=engine))
     m = result["metrics"]
     per_epoch = args.train_examples // procs * procs  # the sampler drops what does not split evenly
     windows = [per_epoch / h["train_seconds"] for h in result["history"][1:]]
-    return {"windows": windows, "test_accuracy": m["test_accuracy"],
+    return {"windows": windows, "test_accuracy": m["test_accuracy"], "wall_seconds": time.perf_counter() - t0,
             "step_ms": [m[f"step_ms_rank{r}"] for r in range(procs)],
-            "allreduce_bytes_per_step": m["allreduce_bytes_per_step"], "gradient_bytes": m["gradient_bytes"],
-            "ring_bytes_sent_per_rank_per_step": m["ring_bytes_sent_per_rank_per_step"]}
+            **{k: m.get(k) for k in ("allreduce_bytes_per_step", "gradient_bytes", "ring_bytes_sent_per_rank_per_step",
+                                     "param_bytes_max", "grad_bytes_max", "optimizer_bytes_max",
+                                     "params_and_optimizer_bytes_max")}}
+
+
+ENGINES = (("DDP, torchrun", "ddp", "torchrun"), ("FSDP2, torchrun", "fsdp", "torchrun"),
+           ("DDP, Ray Train", "ddp", "ray"), ("FSDP2, Ray Train", "fsdp", "ray"))
+
+
+def measure_engines(ds_dir: Path, work: Path, args) -> list[dict]:
+    """At the most processes: DDP and FSDP2 under torchrun and under Ray Train, interleaved, on one local
+    Ray for every Ray run (starting one takes seconds: not what a run measures)."""
+    from modelpress.training.distributed import ray_engine
+
+    procs = max(args.processes)
+    threads = max(1, distributed.cpu_cores() // procs)
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in ENGINES}
+    with ray_engine.local_ray():
+        for rep in range(args.repeats):
+            for name, parallelism, engine in ENGINES:
+                r = run_once(ds_dir, work, procs, threads, args, parallelism, engine)
+                runs[name].append(r)
+                log(f"repeat {rep + 1}/{args.repeats}: {name}, {procs} x {threads} thread(s): "
+                    f"{statistics.median(r['windows']):,.0f} samples/s, run {r['wall_seconds']:.0f}s")
+    ddp = runs["DDP, torchrun"][0]["params_and_optimizer_bytes_max"]
+    rows = []
+    for name, parallelism, engine in ENGINES:
+        rs = runs[name]
+        windows = [w for r in rs for w in r["windows"]]
+        held = rs[0]["params_and_optimizer_bytes_max"]
+        rows.append({"name": name, "parallelism": parallelism, "engine": engine, "processes": procs,
+                     "threads_per_process": threads, "samples_per_s": statistics.median(windows),
+                     "windows": len(windows), "run_seconds": statistics.median(r["wall_seconds"] for r in rs),
+                     "test_accuracy": [r["test_accuracy"] for r in rs],
+                     **{k: rs[0][k] for k in ("param_bytes_max", "grad_bytes_max", "optimizer_bytes_max",
+                                              "params_and_optimizer_bytes_max")},
+                     "params_and_optimizer_vs_ddp": held / ddp})
+    return rows
 
 
 def measure(ds_dir: Path, work: Path, args) -> tuple[dict, dict]:
@@ -97,7 +138,7 @@ def measure(ds_dir: Path, work: Path, args) -> tuple[dict, dict]:
 
 
 def markdown(result: dict, machine: dict, args) -> str:
-    lines = ["# Distributed training benchmark (DDP, gloo, CPU)", "",
+    lines = ["# Distributed training benchmark (DDP, FSDP2, torchrun and Ray Train; gloo, CPU)", "",
              f"`{args.architecture}` {args.model_args} on digits at {args.image_size}x{args.image_size}, "
              f"{args.train_examples} training examples, global batch {args.batch_size}; {args.epochs} epochs per "
              f"run (first dropped), {args.repeats} interleaved repeats; medians over epochs (validation excluded).",
@@ -117,6 +158,17 @@ def markdown(result: dict, machine: dict, args) -> str:
               "threads per process). All-reduced bytes are counted by a DDP communication hook and equal the "
               f"gradient size ({result['rows'][0]['gradient_bytes']:,} bytes); a ring all-reduce sends "
               "2 (W-1)/W of that per rank."]
+    engines = result.get("engines") or []
+    if engines:
+        lines += ["", f"## Sharding and engines at {engines[0]['processes']} processes", "",
+                  "Bytes held by the most loaded rank after the first step, counted from the tensors themselves "
+                  "(a DTensor counts its local shard); run seconds include each engine's start-up.", "",
+                  "| run | samples/s | windows | run s | parameters B/rank | gradients B/rank | optimiser B/rank | "
+                  "params + optimiser vs DDP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in engines:
+            lines.append(f"| {r['name']} | {r['samples_per_s']:,.0f} | {r['windows']} | {r['run_seconds']:.1f} | "
+                         f"{r['param_bytes_max']:,} | {r['grad_bytes_max']:,} | {r['optimizer_bytes_max']:,} | "
+                         f"{r['params_and_optimizer_vs_ddp']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,6 +197,7 @@ def main(argv=None) -> int:
     args.train_examples = len(data.load_dataset(str(ds_dir)).train.x)
     t0 = time.time()
     result, mach = measure(ds_dir, work, args)
+    result["engines"] = measure_engines(ds_dir, work, args)
     log(f"measured in {time.time() - t0:.0f}s")
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "work_dir")}
     benchmarking.write_results(args.json, {"settings": settings, "machine": mach, **result},

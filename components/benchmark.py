@@ -19,6 +19,7 @@ def benchmark(
     results: Output[Artifact],
     metrics: Output[Metrics],
     report: Output[HTML],
+    qat_onnx: Input[Model] = None,
     repository: str = "",
     model_name: str = "digits",
     threads: int = 2,
@@ -37,6 +38,7 @@ def benchmark(
         quantised: The quantised ONNX exports of the trained model, one per method.
         quantised_pruned: The quantised ONNX exports of the pruned model.
         quantised_student: The quantised ONNX exports of the student.
+        qat_onnx: The quantisation-aware trained int8 ONNX model (a skip note when the recipe leaves qat out).
         repository: The model repository of the deployed champion ("": no champion is measured).
         model_name: The deployed model's name in `repository`.
         threads: CPU threads for every runtime.
@@ -58,7 +60,7 @@ def benchmark(
 
     variants = comparison.optimisation_variants(torch_model.path, onnx_model.path, pruned_onnx.path,
                                                 student_onnx.path, pairs(quantised), pairs(quantised_pruned),
-                                                pairs(quantised_student))
+                                                pairs(quantised_student), qat_onnx.path if qat_onnx else None)
     record(comparison.benchmark_optimisation(variants, dataset.path, results.path, report.path,
                                              champion_repository=repository, model_name=model_name,
                                              threads=threads, throughput_batch=throughput_batch,

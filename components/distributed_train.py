@@ -29,8 +29,12 @@ def distributed_train(
     backend: str = "auto",
     microbatches: int = 4,
     schedule: str = "gpipe",
+    mixed_precision: str = "auto",
+    engine: str = "torchrun",
+    ray_address: str = "",
+    resources_per_worker: dict = {},
 ):
-    """Train like `train`, across processes and machines: data parallel (DDP) or pipeline parallel.
+    """Train like `train`, across processes and machines: data parallel (DDP), sharded (FSDP2) or pipeline.
 
     Only the process with global rank 0 writes the model and the metrics. On Vertex AI every replica
     runs this step; CLUSTER_SPEC (set by Vertex) overrides nnodes, node_rank and master_addr.
@@ -47,8 +51,9 @@ def distributed_train(
         seed: Seed of the initial weights and the batch order.
         patience: Epochs without validation-loss improvement before stopping early; 0 never stops early.
         device: auto (CUDA GPUs when torch sees them, else the CPU), cpu or cuda[:N].
-        parallelism: ddp (every process holds the model, each trains on its share of the batch) or
-            pipeline (the model cut into stages, one per process).
+        parallelism: ddp (every process holds the model, each trains on its share of the batch), fsdp
+            (the same, with parameters, gradients and optimiser state sharded over the processes: for
+            models too big for one device) or pipeline (the model cut into stages, one per process).
         nproc_per_node: Processes on each machine; 0: one per GPU, else one per CPU core.
         nnodes: The number of machines.
         node_rank: This machine's index, 0 to nnodes - 1 (0 is the master).
@@ -57,6 +62,15 @@ def distributed_train(
         backend: The collective backend: auto (nccl with CUDA, else gloo), gloo or nccl.
         microbatches: Pipeline only: microbatches each batch is split into.
         schedule: Pipeline only: gpipe or 1f1b.
+        mixed_precision: FSDP only: auto (bf16 compute, fp32 reductions on GPUs with bf16; fp32 on the CPU),
+            none or bf16.
+        engine: torchrun (torch's elastic launcher on every node) or ray (Ray Train runs the same workers,
+            nnodes x nproc_per_node of them, placed by Ray; node_rank, master_addr/port and CLUSTER_SPEC
+            are not used). Needs modelpress[ray] in the image.
+        ray_address: Ray only: the running cluster to train on (ray://head:10001 or head:6379); empty: a
+            Ray started on this machine for the step. On a cluster the model path must be shared storage.
+        resources_per_worker: Ray only: each worker's Ray resources, e.g. {"CPU": 4, "GPU": 1}; empty:
+            1 CPU (and 1 GPU when training on CUDA).
 
     Returns:
         model: The trained torch model; its metadata is the model card with the parallelism and world

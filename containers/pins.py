@@ -1,6 +1,6 @@
 """Print pyproject.toml's pinned dependencies for pip, so images take versions from there only.
 
-    python pins.py [--pyproject PATH] [--constraints] [--replace OLD=NEW ...]
+    python pins.py [--pyproject PATH] [--constraints] [--replace OLD=NEW ...] [--extra NAME ...]
 
 Default output is a requirements file: every entry of `[project] dependencies`, extras kept
 (`tritonclient[http]==2.73.0`). `--constraints` drops the extras, which pip refuses in a
@@ -24,10 +24,17 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_pins(pyproject: str) -> list[tuple[str, str, str]]:
-    """(name, extras, version) for every dependency; an unpinned one is an error."""
+def read_pins(pyproject: str, extras: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(name, extras, version) for every dependency (and those of the optional `extras`, e.g. ray);
+    an unpinned one is an error."""
     with open(pyproject, "rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    deps = list(project["dependencies"])
+    optional = project.get("optional-dependencies", {})
+    for extra in extras:
+        if extra not in optional:
+            raise SystemExit(f"{pyproject} has no optional dependencies {extra!r}; it has {sorted(optional)}")
+        deps += optional[extra]
     pins = []
     for dep in deps:
         m = PIN.match(dep)
@@ -58,6 +65,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pyproject", default="pyproject.toml")
     parser.add_argument("--constraints", action="store_true", help="drop extras (pip -c file)")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME",
+                        help="also the pins of [project.optional-dependencies] NAME (e.g. ray); repeatable")
     parser.add_argument("--replace", action="append", default=[], metavar="OLD=NEW",
                         help="install NEW (may carry [extras]) at OLD's pinned version; repeatable")
     args = parser.parse_args(argv)
@@ -67,7 +76,7 @@ def main(argv=None) -> int:
         if not sep or not old or not new:
             parser.error(f"--replace takes OLD=NEW, got {item!r}")
         replace[old] = new
-    sys.stdout.write(render(read_pins(args.pyproject), args.constraints, replace))
+    sys.stdout.write(render(read_pins(args.pyproject, tuple(args.extra)), args.constraints, replace))
     return 0
 
 

@@ -152,7 +152,10 @@ def validate_values(values: dict) -> None:
     _in_range(values, "alpha", 0, 1)
     if values.get("temperature", 1) <= 0:
         raise ModelpressError(f"temperature must be > 0, got {values['temperature']}")
-    for key in ("calibration_samples", "threads", "max_windows", "prune_finetune_epochs", "distil_epochs"):
+    if values.get("qat_learning_rate", 1) <= 0:
+        raise ModelpressError(f"qat_learning_rate must be > 0, got {values['qat_learning_rate']}")
+    for key in ("calibration_samples", "threads", "max_windows", "prune_finetune_epochs", "distil_epochs",
+                "qat_epochs"):
         if key in values and values[key] < 1:
             raise ModelpressError(f"{key} must be a whole number >= 1, got {values[key]}")
     if values.get("window_seconds", 1) <= 0:
@@ -196,6 +199,9 @@ def _check_text(values: dict) -> None:
 
     if "steps" in values:
         recipe.check_steps(values["steps"])
+        if "qat" in values["steps"]:
+            raise ModelpressError("steps: qat (quantisation-aware training) covers image and table models; for a "
+                                  "text model use quantisation_methods [dynamic-int8] (int8 MatMuls, no retraining)")
     if values.get("task", "auto") == "regression":
         raise ModelpressError("task regression does not apply to text datasets (text_column set): they are "
                               "classification datasets; set task to auto or classification")

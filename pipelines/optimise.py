@@ -2,6 +2,7 @@
 
 dataset -> train -> {structured prune, distil} -> export-onnx (x3)
         -> ParallelFor(quantisation methods): quantise each fp32 ONNX model
+   train -> qat (quantisation-aware training, straight to an int8 ONNX model)
         -> benchmark (with the deployed champion) -> select -> If(blessed) -> deploy
 
 Starting points (parameters): train from scratch; fine-tune your `weights`; take them as they
@@ -17,6 +18,7 @@ from components.dataset import make_dataset
 from components.distil import distil
 from components.export_onnx import export_onnx
 from components.prune import prune
+from components.qat import qat
 from components.quantise import quantise
 from components.select import select
 from components.train import train
@@ -59,6 +61,9 @@ def build(target: Target):
         alpha: float = 0.9,
         quantisation_methods: list = ["static-int8", "dynamic-int8"],
         calibration_samples: int = 256,
+        qat_epochs: int = 3,
+        qat_learning_rate: float = 1e-4,
+        qat_per_channel: bool = True,
         threads: int = 2,
         window_seconds: float = 0.5,
         max_windows: int = 10,
@@ -91,6 +96,9 @@ def build(target: Target):
                                student_architecture=student_architecture, student_args=student_args,
                                code_dir=code_dir, temperature=temperature, alpha=alpha, epochs=distil_epochs,
                                seed=seed, recipe=steps))
+        qat_task = t(qat(model=train_task.outputs["model"], dataset=ds, epochs=qat_epochs,
+                         learning_rate=qat_learning_rate, batch_size=batch_size, per_channel=qat_per_channel,
+                         seed=seed, recipe=steps))
         export_base = t(export_onnx(model=train_task.outputs["model"], dataset=ds, imported=onnx_in.output,
                                     start_fingerprint=start_fingerprint))
         export_pruned = t(export_onnx(model=prune_task.outputs["pruned"], dataset=ds))
@@ -106,6 +114,7 @@ def build(target: Target):
         bench = t(benchmark(
             dataset=ds, torch_model=train_task.outputs["model"], onnx_model=export_base.outputs["onnx_model"],
             pruned_onnx=export_pruned.outputs["onnx_model"], student_onnx=export_student.outputs["onnx_model"],
+            qat_onnx=qat_task.outputs["quantised"],
             quantised=dsl.Collected(q_base.outputs["quantised"]),
             quantised_pruned=dsl.Collected(q_pruned.outputs["quantised"]),
             quantised_student=dsl.Collected(q_student.outputs["quantised"]),

@@ -84,6 +84,7 @@ def placeholder_warnings(args, cfg, plan) -> list[tuple[str, str]]:
         ("project", raw.get("project")), ("pipeline_root", raw.get("pipeline_root")),
         ("service_account", raw.get("service_account")), ("image", raw.get("image")),
         ("distributed.image", (raw.get("distributed") or {}).get("image")),
+        ("ray.image", (raw.get("ray") or {}).get("image")),
         ("serving.serve_image", (raw.get("serving") or {}).get("serve_image"))]]
     for item in plan:
         from_config = cfg.parameters.get(item["pipeline"]) or {}
@@ -165,6 +166,7 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[dict]:
                                   labels=cfg.labels, job_id=args.job_id, credentials=credentials)
         if args.dry_run:
             out += vertex.planned_requests(job, service_account=cfg.service_account, schedule=item["schedule"])
+            out += ray_requests(item, cfg)
         elif item["schedule"]:
             action, schedule = vertex.apply_schedule(job, service_account=cfg.service_account, log=log,
                                                      **item["schedule"])
@@ -173,6 +175,29 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[dict]:
             created = vertex.submit(job, service_account=cfg.service_account, log=log)
             out.append({"action": "submitted", "pipeline_job": created.name})
     return out
+
+
+def ray_requests(item: dict, cfg) -> list[dict]:
+    """What the training pipeline's train step sends when it runs on Ray on Vertex AI (engine: ray):
+    shown by a dry run beside the PipelineJob, with the run's own parameters in the Ray job."""
+    target = cfg.target
+    if item["pipeline"] != "training" or not target.training_job or target.training_job.engine != "ray":
+        return []
+    from dataclasses import fields
+
+    from modelpress.deploy.vertex import ray_cluster
+    from modelpress.training import TrainSettings
+
+    p = {**{k: d for k, (_, d) in signature(item["pipeline"], target).items()}, **item["parameters"]}
+    example = {"dataset_uri": f"{cfg.pipeline_root}/<run>/make-dataset/dataset",
+               "model_uri": f"{cfg.pipeline_root}/<run>/ray-train/model", "architecture": p["architecture"],
+               "model_args": p["model_args"], "submission_id": "modelpress-train-<time>",
+               "settings": {f.name: p[f.name] for f in fields(TrainSettings) if f.name in p},
+               "layout": {"parallelism": target.training_job.parallelism,
+                          "mixed_precision": target.training_job.mixed_precision}}
+    example["result_uri"] = example["model_uri"] + "-ray-result"
+    return ray_cluster.planned(target.ray, target.project, target.region, service_account=target.service_account,
+                               labels=cfg.labels, example=example)
 
 
 def main(argv=None) -> int:

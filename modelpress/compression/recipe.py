@@ -11,7 +11,7 @@ import difflib
 
 from modelpress.core.errors import ModelpressError
 
-STEPS = ("prune", "distil", "quantise")
+STEPS = ("prune", "distil", "quantise", "qat")
 NO_ONNX = ("", "none")  # onnx_model values that mean "start from a torch model"
 
 
@@ -40,7 +40,7 @@ def check_start(*, epochs: int, weights: str, replace_head: bool, onnx_model: st
         if weights:
             raise ModelpressError("onnx_model and weights are two different starts: an ONNX file is the "
                                   "baseline as it is; set one of them")
-        torch_only = [s for s in steps if s in ("prune", "distil")]
+        torch_only = [s for s in steps if s in ("prune", "distil", "qat")]
         if torch_only:
             raise ModelpressError(f"steps {torch_only} need a torch model, but the run starts from the ONNX file "
                                   f"{onnx_model}; set steps: [quantise] (or []), or start from torch weights")

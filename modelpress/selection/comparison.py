@@ -81,9 +81,10 @@ def with_champion(variants: list, champion_repository: str, model_name: str, *,
 
 def optimisation_variants(torch_model: str | None, onnx_model: str, pruned_onnx: str | None = None,
                           student_onnx: str | None = None, quantised=(), quantised_pruned=(),
-                          quantised_student=()) -> list[Variant]:
-    """The optimise run's variants: both fp32 baselines, the pruned and distilled exports, and
-    each quantised model of each, named by its method ("pruned static-int8"). A quantised model
+                          quantised_student=(), qat_onnx: str | None = None) -> list[Variant]:
+    """The optimise run's variants: both fp32 baselines, the pruned and distilled exports, the
+    quantisation-aware trained model, and each quantised model of each, named by its method
+    ("pruned static-int8"). A quantised model
     is a (path, artifact metadata) pair; its metadata names the method.
 
     A path that is None or "" is no variant (no torch model: the run started from ONNX). A
@@ -93,7 +94,8 @@ def optimisation_variants(torch_model: str | None, onnx_model: str, pruned_onnx:
         ("torch eager fp32", torch_model, "torch", Role.BASELINE),
         ("onnx fp32", onnx_model, "onnx", Role.BASELINE_ONNX),
         ("pruned fp32", pruned_onnx, "onnx", Role.CANDIDATE),
-        ("student fp32", student_onnx, "onnx", Role.CANDIDATE)) if path]
+        ("student fp32", student_onnx, "onnx", Role.CANDIDATE),
+        ("qat int8", qat_onnx, "onnx", Role.CANDIDATE)) if path]
     for prefix, group in (("", quantised), ("pruned ", quantised_pruned), ("student ", quantised_student)):
         for i, (path, metadata) in enumerate(group):
             metadata = dict(metadata or {})

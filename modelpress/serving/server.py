@@ -57,25 +57,13 @@ def fetch_repository(uri: str, dest: Path | None = None) -> Path:
             raise ModelpressError(f"model repository {uri} is not a directory; point --repository (or "
                                   "AIP_STORAGE_URI) at the folder the deploy step wrote")
         return path
-    from google.cloud import storage
+    from modelpress.deploy.vertex.storage import download_prefix
 
-    bucket_name, _, prefix = uri[len("gs://"):].partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
     dest = dest or Path(tempfile.mkdtemp(prefix="modelpress-repository-"))
-    client = storage.Client()
-    count = 0
-    for blob in client.list_blobs(bucket_name, prefix=prefix):
-        rel = blob.name[len(prefix):]
-        if not rel or rel.endswith("/"):
-            continue
-        target = (dest / rel).resolve()
-        if dest.resolve() not in target.parents:  # an object name with ../ must not escape dest
-            raise ModelpressError(f"refusing object {blob.name!r}: it would be written outside {dest}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blob.download_to_filename(str(target))
-        count += 1
-    if not count:
-        raise ModelpressError(f"no files under {uri}; is AIP_STORAGE_URI the model repository the deploy wrote?")
+    try:
+        count = download_prefix(uri, dest)
+    except ModelpressError as exc:
+        raise ModelpressError(f"{exc}; is AIP_STORAGE_URI the model repository the deploy wrote?") from None
     log.info("copied %d files from %s to %s", count, uri, dest)
     return dest
 

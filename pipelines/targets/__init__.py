@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from modelpress.deploy.vertex import Serving
+    from modelpress.deploy.vertex.ray_cluster import RayCluster
     from pipelines.targets.vertex import TrainingJob
 
 TARGETS = ("local", "vertex")
@@ -48,6 +49,7 @@ class Target:
     labels: tuple[tuple[str, str], ...] = ()  # pairs, so that a Target is hashable
     serving: Serving | None = None
     training_job: TrainingJob | None = None
+    ray: RayCluster | None = None  # the Ray on Vertex cluster when training_job.engine is ray
 
     def __post_init__(self):
         module(self.name)  # refuses an unknown name

@@ -15,16 +15,17 @@ import copy
 import functools
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from modelpress.core.errors import ModelpressError
 from modelpress.deploy.vertex import GIT_SHA, Serving, check_accelerator, resolve_image
+from modelpress.deploy.vertex.ray_cluster import RayCluster
 from pipelines.config import ROOT, block
 from pipelines.targets import Target
 
 CONFIG_KEYS = {"image", "pipeline_root", "parameters", "project", "region", "service_account",
-               "labels", "enable_caching", "distributed", "serving"}
+               "labels", "enable_caching", "distributed", "serving", "ray"}
 REQUIRED = ("image", "pipeline_root", "project", "region", "service_account")
 
 
@@ -38,8 +39,17 @@ class TrainingJob:
     accelerator_count: int = 0  # per machine
     image: str = ""  # "" = the target's image; with accelerators, the GPU image
     nproc_per_node: int = 0  # processes per machine: 0 = one per GPU, else one per CPU core
+    parallelism: str = "ddp"  # ddp | fsdp (sharded: a model too big for one device) | pipeline
+    mixed_precision: str = "auto"  # fsdp: bf16 compute on GPUs with bf16
+    engine: str = "torchrun"  # torchrun: a custom job over worker pools; ray: the Ray on Vertex cluster of `ray:`
 
     def validate(self, where: str = "distributed") -> "TrainingJob":
+        from modelpress.training.distributed import Layout
+
+        try:
+            Layout(parallelism=self.parallelism, mixed_precision=self.mixed_precision, engine=self.engine).validate()
+        except ModelpressError as exc:
+            raise ModelpressError(f"{where}: {exc}") from None
         if self.replica_count < 1:
             raise ModelpressError(f"{where}.replica_count must be >= 1, got {self.replica_count}")
         if self.nproc_per_node < 0:
@@ -67,18 +77,25 @@ def from_config(data: dict, path: Path, image_tag: str | None = None) -> dict:
         raise ModelpressError(f"{where}: enable_caching is true, false or absent (each task's own setting)")
     serving = dict(data.get("serving") or {})
     distributed = dict(data.get("distributed") or {})
-    images = [data["image"], serving.get("serve_image", ""), distributed.get("image", "")]
+    ray = dict(data.get("ray") or {})
+    images = [data["image"], serving.get("serve_image", ""), distributed.get("image", ""), ray.get("image", "")]
     if any(GIT_SHA in image for image in images):
         image_tag = image_tag or git_sha()
     if "serve_image" in serving:
         serving["serve_image"] = resolve_image(serving["serve_image"], image_tag, f"{where} serving.serve_image")
     if distributed.get("image"):
         distributed["image"] = resolve_image(distributed["image"], image_tag, f"{where} distributed.image")
+    if ray.get("image"):
+        ray["image"] = resolve_image(ray["image"], image_tag, f"{where} ray.image")
+    training_job = block(TrainingJob, distributed, f"{where} distributed") if data.get("distributed") else None
+    if training_job and training_job.engine == "ray" and not ray:
+        raise ModelpressError(f"{where}: distributed.engine is ray but there is no ray: block naming the cluster "
+                              "(cluster, image, machine types, workers); add it, or set engine: torchrun")
     target = Target(
         name="vertex", image=resolve_image(data["image"], image_tag, f"{where} image"), project=data["project"],
         region=data["region"], service_account=data["service_account"], labels=tuple(sorted(labels.items())),
         serving=block(Serving, serving, f"{where} serving") if data.get("serving") else None,
-        training_job=block(TrainingJob, distributed, f"{where} distributed") if data.get("distributed") else None,
+        training_job=training_job, ray=block(RayCluster, ray, f"{where} ray") if ray else None,
     )
     return dict(target=target, pipeline_root=data["pipeline_root"], labels=labels, enable_caching=caching,
                 image_tag=image_tag)
@@ -122,9 +139,17 @@ def configure(target: Target, task):
 
 def train(target: Target, dataset, **hyperparameters):
     job = target.training_job or TrainingJob()
+    if job.engine == "ray":  # a step that submits a Ray job to the Ray on Vertex cluster and follows it
+        from components.ray_train import ray_train
+
+        return target.apply(ray_train(
+            dataset=dataset, project=target.project, location=target.region, service_account=target.service_account,
+            ray=asdict(target.ray), labels=dict(target.labels), parallelism=job.parallelism,
+            mixed_precision=job.mixed_precision, **hyperparameters), cache=True)
     # The custom job's launcher has its own image: only caching is set on the task.
-    task = training_job_op(target)(dataset=dataset, nproc_per_node=job.nproc_per_node,
-                                   project=target.project, location=target.region, **hyperparameters)
+    task = training_job_op(target)(dataset=dataset, nproc_per_node=job.nproc_per_node, parallelism=job.parallelism,
+                                   mixed_precision=job.mixed_precision, project=target.project,
+                                   location=target.region, **hyperparameters)
     return task.set_caching_options(True)
 
 

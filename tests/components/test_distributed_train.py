@@ -55,7 +55,7 @@ def test_component_refuses_an_unknown_parallelism_before_launching(digits_dir, t
         distributed_train.python_func(
             dataset=_art(Dataset, digits_dir), **out, architecture="cnn", model_args={}, epochs=1,
             batch_size=64, learning_rate=1e-3, optimizer="adamw", weight_decay=0.0, seed=0, patience=0,
-            device="auto", parallelism="fsdp", nproc_per_node=2, nnodes=1, node_rank=0,
+            device="auto", parallelism="zero3", nproc_per_node=2, nnodes=1, node_rank=0,
             master_addr="127.0.0.1", master_port=_free_port(), backend="auto", microbatches=4,
             schedule="gpipe")
     assert not (tmp_path / "model").exists() and not (tmp_path / "metrics").exists()
@@ -84,6 +84,32 @@ def test_runs_in_a_kfp_local_pipeline(tmp_path):
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
     assert model["parallelism"] == "pipeline" and model["pipeline_schedule"] == "1f1b"
     assert metrics["bubble_fraction"] == pytest.approx(1 / 3)  # 2 stages, 2 micro-batches
+
+
+@pytest.mark.filterwarnings("ignore:.*non-Python base image")
+def test_engine_ray_with_fsdp_runs_in_a_kfp_local_pipeline(tmp_path):
+    """Ray Train as the engine, FSDP2 as the worker, inside the KFP executor process: a local Ray on
+    127.0.0.1 started by the step and shut down after."""
+    pytest.importorskip("ray.train.torch", reason='Ray Train is not installed: pip install "modelpress[ray]"')
+    from kfp import dsl, local
+
+    from components.dataset import make_dataset
+
+    @dsl.pipeline(name="ray-check")
+    def check():
+        dataset = make_dataset(source="digits").outputs["dataset"]
+        distributed_train(dataset=dataset, architecture="mlp", model_args={"hidden": [32]}, epochs=1,
+                          nproc_per_node=2, engine="ray", parallelism="fsdp", batch_size=64)
+
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"))
+    check()
+    task_dir = next((tmp_path / "runs").glob("ray-check-*/distributed-train"))
+    assert {p.name for p in (task_dir / "model").iterdir()} == {"spec.json", "weights.safetensors"}
+    outputs = json.loads(next(task_dir.glob("**/executor_output.json")).read_text())["artifacts"]
+    model = outputs["model"]["artifacts"][0]["metadata"]
+    metrics = outputs["metrics"]["artifacts"][0]["metadata"]
+    assert model["parallelism"] == "fsdp" and model["world_size"] == 2
+    assert metrics["params_and_optimizer_bytes_max"] <= 0.55 * 3 * metrics["full_param_bytes"]
 
 
 def test_a_node_without_rank_zero_leaves_before_the_executor_writes_outputs(digits_dir, tmp_path, monkeypatch):

@@ -124,6 +124,8 @@ def test_user_module_outside_the_repository_fine_tuned_pruned_quantised(tmp_path
     (code / "acme_models" / "__init__.py").write_text("")
     (code / "acme_models" / "nets.py").write_text(USER_NET)
     monkeypatch.syspath_prepend(str(code))
+    for name in [m for m in sys.modules if m.split(".")[0] == "acme_models"]:  # another test's package of that name
+        monkeypatch.delitem(sys.modules, name)
     from acme_models.nets import SmallNet
 
     torch.manual_seed(1)
@@ -131,12 +133,15 @@ def test_user_module_outside_the_repository_fine_tuned_pruned_quantised(tmp_path
     proc, summary, tasks, rows = _run(
         tmp_path, "--set", "architecture=acme_models.nets:SmallNet", "--set", "model_args={width: 16}",
         "--set", f"code_dir={code}", "--set", f"weights={tmp_path / 'smallnet.pth'}", "--set", "epochs=1",
-        "--set", "steps=[prune, quantise]", "--set", "prune_finetune_epochs=1", "--set", "accuracy_floor=0.0",
-        "--set", "tolerance=0.5")
+        "--set", "steps=[prune, quantise, qat]", "--set", "prune_finetune_epochs=1", "--set", "qat_epochs=1",
+        "--set", "accuracy_floor=0.0", "--set", "tolerance=0.5")
     assert "fine-tune" in proc.stdout
     assert tasks["train"]["metrics"]["epochs_run"] == 1
     assert _skipped(tasks, "distil") and not _skipped(tasks, "prune")
-    assert {"torch eager fp32", "onnx fp32", "pruned fp32", "static-int8", "pruned static-int8"} <= set(rows)
+    assert {"torch eager fp32", "onnx fp32", "pruned fp32", "static-int8", "pruned static-int8", "qat int8"} <= set(rows)
+    assert rows["qat int8"]["precision"] == "int8-qat" and rows["qat int8"]["accuracy"] is not None
+    qat = next(t for name, t in tasks.items() if name.startswith("qat"))
+    assert qat["metrics"]["int8_nodes"] >= 3  # the user's convolutions and Linear run as int8 kernels
     spec = json.loads((Path(tasks["train"]["artifacts"]["model"]) / "spec.json").read_text())
     assert spec["architecture"] == "acme_models.nets:SmallNet" and spec["code_dir"] == str(code)
     assert rows["pruned fp32"]["params"] < rows["onnx fp32"]["params"]

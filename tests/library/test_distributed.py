@@ -176,6 +176,33 @@ def test_ddp_two_processes_end_with_the_weights_of_one(even_dir, tmp_path):
     assert one["metrics"]["test_loss"] == pytest.approx(m["test_loss"], abs=1e-5)
 
 
+def test_fsdp_two_processes_end_with_the_weights_of_one_and_hold_half_each(even_dir, tmp_path):
+    settings = training.TrainSettings(epochs=1, batch_size=32, learning_rate=3e-3, seed=4, patience=0,
+                                      device="cpu")
+    args = {"architecture": "mlp", "model_args": {"hidden": [32, 16], "dropout": 0.0}, "settings": settings}
+    one = distributed.train(even_dir, str(tmp_path / "one"), layout=layout(nproc_per_node=1), **args, **QUIET)
+    two = distributed.train(even_dir, str(tmp_path / "two"), layout=layout(parallelism="fsdp", nproc_per_node=2),
+                            **args, **QUIET)
+    w1, w2 = (load_file(str(tmp_path / run / models.WEIGHTS_FILE)) for run in ("one", "two"))
+    assert set(w1) == set(w2)  # the gathered full state dict: the same keys and shapes as unsharded training
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5  # 8 steps of AdamW
+    model, _ = models.load_model(str(tmp_path / "two"))  # the artifact loads (and exports) like any other
+    assert two["metadata"]["parallelism"] == "fsdp" and two["metadata"]["mixed_precision"] == "fp32"
+    d, f = one["metrics"], two["metrics"]
+    assert d["param_bytes_max"] == d["grad_bytes_max"] == 4 * d["params"]  # one process holds it all
+    assert d["optimizer_bytes_max"] == 2 * d["param_bytes_max"]  # AdamW: two moments per weight
+    # FSDP at world 2: parameters + optimiser state per rank about half of what DDP holds on every rank
+    assert f["params_and_optimizer_bytes_max"] <= 0.55 * d["params_and_optimizer_bytes_max"]
+    assert f["param_bytes_rank0"] + f["param_bytes_rank1"] == f["full_param_bytes"] == d["param_bytes_max"]
+    assert one["metrics"]["test_loss"] == pytest.approx(f["test_loss"], abs=1e-5)
+
+
+def test_fsdp_bf16_on_the_cpu_is_refused_before_any_process_starts(even_dir, tmp_path):
+    with pytest.raises(ModelpressError, match="mixed_precision bf16 needs CUDA GPUs"):
+        distributed.plan(even_dir, str(tmp_path / "x"), layout=layout(parallelism="fsdp", mixed_precision="bf16"),
+                         settings=training.TrainSettings(device="cpu"))
+
+
 def _seeded_model(spec, seed):
     torch.manual_seed(seed)
     return models.build(spec)

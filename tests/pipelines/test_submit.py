@@ -26,7 +26,7 @@ PROJECT, BUCKET = "acme-ml", "acme-ml-pipelines"
 PARENT = f"projects/{PROJECT}/locations/europe-west4"
 SA = f"pipelines@{PROJECT}.iam.gserviceaccount.com"
 LABELS = {"team": "ml", "app": "modelpress"}
-PLACEHOLDER_KEYS = ["project", "pipeline_root", "service_account", "image", "distributed.image",
+PLACEHOLDER_KEYS = ["project", "pipeline_root", "service_account", "image", "distributed.image", "ray.image",
                     "serving.serve_image"]
 
 
@@ -264,7 +264,7 @@ def test_dry_run_of_the_shipped_config_warns_once_per_placeholder_key(tmp_path, 
     # a --set value replaces the config's placeholder for that run: no warning for it
     assert submit.main([*argv, "--set", "source=gs://acme-data/data/iris.csv"]) == 0
     keys = [w.split(" = ")[0] for w in _warnings(capsys.readouterr().err)]
-    assert "warning: configs/vertex.yaml parameters.optimise.source" not in keys and len(keys) == 7
+    assert "warning: configs/vertex.yaml parameters.optimise.source" not in keys and len(keys) == 8
     # ... while a placeholder given with --set is reported as such
     assert submit.main([*argv, "--set", "source=gs://my-bucket/x.npz"]) == 0
     assert "warning: --set source = 'gs://my-bucket/x.npz'" in capsys.readouterr().err

@@ -7,6 +7,8 @@ Only this package (through pipelines/submit.py and the deploy-vertex step) calls
 - ``registry``: Model Registry upload and endpoint deploy with a canary (the deploy-vertex step).
 - ``jobs``: PipelineJobs, schedules created or updated in place, dry-run request rendering.
 - ``client``: the regional GAPIC client and the lookups they share.
+- ``ray_cluster``: the Ray on Vertex AI cluster (a persistent resource) and the Ray job the ray-train
+  step submits there; ``ray_job`` is that job's entrypoint; ``storage``: Cloud Storage transfers.
 
 The names are re-exported here, so ``from modelpress.deploy import vertex; vertex.deploy(...)``
 works without knowing the split.

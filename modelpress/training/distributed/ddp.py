@@ -4,7 +4,6 @@ Batch norm uses each process's share on CPU, the global batch (SyncBatchNorm) on
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import TYPE_CHECKING
 
@@ -14,9 +13,10 @@ from torch import nn
 
 from modelpress import training
 from modelpress.evaluation import torch_scoring
-from modelpress.training.distributed.ranks import (LABEL, Rank, common_metrics, gather, per_rank, rank_batches,
-                                                   train_loss, with_metrics)
-from modelpress.training.loop import batch_step, run_epochs
+from modelpress.training.distributed.ranks import (LABEL, Rank, common_metrics, data_parallel_step, gather,
+                                                   memory_metrics,
+                                                   per_rank, rank_batches, train_loss, with_metrics)
+from modelpress.training.loop import run_epochs
 
 if TYPE_CHECKING:  # the launcher imports this module and pickles the job into it
     from modelpress.training.distributed.launcher import Job
@@ -51,21 +51,19 @@ def run(job: Job, me: Rank) -> dict | None:
     ddp = DistributedDataParallel(model, device_ids=[me.device.index] if me.device.type == "cuda" else None)
     counter = _GradientBytes()
     ddp.register_comm_hook(counter, _counting_allreduce)
-    xtr, ytr = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
-    n, batch = len(xtr), settings.batch_size
-    per_epoch = n // me.world * me.world
-    opt, sched = training.make_optimiser(ddp.parameters(), settings,
-                                         settings.epochs * math.ceil(per_epoch / batch))
+    held: dict = {}
+    step_and_measure, per_epoch = data_parallel_step(ddp, model, ds, settings, me, held)
+    n, batch = len(ds.train.x), settings.batch_size
     fitted, step_seconds = run_epochs(
         model, settings, trained=ddp, device=me.device, examples_per_epoch=per_epoch, log=me.log, label=LABEL,
         # every share has batch/world examples and DDP averages the ranks' gradients: the mean
         # of the shares' mean losses is the global batch's mean loss
-        step=batch_step(ddp, opt, sched, xtr, ytr, me.device),
+        step=step_and_measure,
         batches=lambda epoch: rank_batches(n, batch, me.rank, me.world, settings.seed, epoch),
         train_loss=lambda total, seen: train_loss(total, seen, me.device),
         validate=lambda: _sharded_validation(model, ds, me))
     stats = gather({"step_ms": 1e3 * statistics.median(step_seconds), "allreduce_bytes": counter.bytes,
-                    "steps": len(step_seconds)}, me)
+                    "steps": len(step_seconds), **held}, me)
     if not me.is_zero:
         return None
     result = training.finish(model, spec, ds, settings, fitted, fwd, job.out_dir, label=LABEL, log=me.log)
@@ -80,6 +78,7 @@ def run(job: Job, me: Rank) -> dict | None:
         # what a ring all-reduce sends per rank: 2 (world - 1) / world x the buffer
         "ring_bytes_sent_per_rank_per_step": 2 * (me.world - 1) / me.world * per_step,
         **per_rank("step_ms", [s["step_ms"] for s in stats]),
+        **memory_metrics(stats),
     }
     return with_metrics(result, metrics, job)
 

@@ -19,7 +19,7 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
 from modelpress.data.dataset import load_dataset
 from modelpress.data.text import is_text_dataset
-from modelpress.training.distributed import ddp, pipeline
+from modelpress.training.distributed import ddp, fsdp, pipeline
 from modelpress.training.distributed.layout import Layout, Nodes, cpu_cores, resolve_nodes
 from modelpress.training.distributed.ranks import LABEL, Rank
 
@@ -63,20 +63,27 @@ def plan(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_arg
         raise ModelpressError("distributed training trains classifiers for now; train a regression model with "
                               "the train step (the training pipeline locally, or the optimise pipeline)")
     layout = (layout or Layout()).validate()
-    nodes = resolve_nodes(layout, os.environ if environ is None else environ)
-    device_type = training.resolve_device(settings.device).type
+    ray = layout.engine == "ray"
+    remote = ray and bool(layout.ray_address)  # the workers' machines are not this one
+    # Ray places its workers itself: this process is the one driver (node 0); CLUSTER_SPEC is torchrun's
+    nodes = (Nodes(layout.nnodes, 0, layout.master_addr, layout.master_port) if ray
+             else resolve_nodes(layout, os.environ if environ is None else environ))
+    device_type = _remote_device_type(settings.device, layout) if remote else training.resolve_device(settings.device).type
     backend = layout.backend if layout.backend != "auto" else ("nccl" if device_type == "cuda" else "gloo")
     if backend == "nccl" and device_type != "cuda":
         raise ModelpressError("backend 'nccl' needs CUDA GPUs, and training runs on the CPU here; "
                               "use backend 'auto' or 'gloo'")
+    if layout.parallelism == "fsdp" and layout.mixed_precision == "bf16" and device_type != "cuda":
+        raise ModelpressError("mixed_precision bf16 needs CUDA GPUs with bf16, and training runs on the CPU here; "
+                              "use mixed_precision auto or none")
     gpus = torch.cuda.device_count() if device_type == "cuda" else 0
     nproc = layout.nproc_per_node or (gpus if device_type == "cuda" else cpu_cores())
-    if device_type == "cuda" and nproc > gpus:
+    if device_type == "cuda" and nproc > gpus and not remote:
         raise ModelpressError(f"nproc_per_node {nproc} asks for more processes than this node's {gpus} "
                               "GPU(s); use 0 (one per GPU) or at most the GPU count")
     world = nodes.nnodes * nproc
     batch = settings.batch_size
-    if layout.parallelism == "ddp" and batch % world:
+    if layout.parallelism in ("ddp", "fsdp") and batch % world:
         raise ModelpressError(
             f"batch_size {batch} is the global batch and must split evenly over the {world} "
             f"process(es) ({nodes.nnodes} node(s) x {nproc}); use a multiple of {world}, e.g. "
@@ -87,7 +94,16 @@ def plan(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_arg
     return Job(dataset_dir=str(dataset_dir), out_dir=str(out_dir), architecture=architecture,
                model_args=dict(model_args or {}), settings=settings, layout=layout, nodes=nodes,
                nproc_per_node=nproc, device_type=device_type, backend=backend,
-               threads=layout.threads_per_process or max(1, cpu_cores() // nproc), verbose=verbose)
+               threads=layout.threads_per_process or (
+                   max(1, int((layout.resources_per_worker or {}).get("CPU", 1))) if remote
+                   else max(1, cpu_cores() // nproc)), verbose=verbose)
+
+
+def _remote_device_type(device: str, layout: Layout) -> str:
+    """The device type on a Ray cluster's workers: named, or (auto) CUDA when the workers ask for GPUs."""
+    if device == "auto":
+        return "cuda" if (layout.resources_per_worker or {}).get("GPU") else "cpu"
+    return "cuda" if str(device).startswith("cuda") else "cpu"
 
 
 def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_args: dict | None = None,
@@ -95,6 +111,9 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_ar
           environ: Mapping[str, str] | None = None, log: Callable[[str], None] = print,
           verbose: bool = True) -> dict | None:
     """Launch this node's share of distributed training; the result on the node of rank 0, else None.
+
+    With ``layout.engine`` "ray" Ray Train runs the same workers (`ray_engine.train_with_ray`) and
+    this one call drives them all: it returns rank 0's result.
 
     `verbose` False silences the workers' per-epoch lines (rank 0 prints them otherwise).
     """
@@ -107,6 +126,11 @@ def train(dataset_dir: str, out_dir: str, *, architecture: str = "mlp", model_ar
     t0 = time.perf_counter()
     job = plan(dataset_dir, out_dir, architecture=architecture, model_args=model_args, settings=settings,
                layout=layout, environ=environ, verbose=verbose)
+    if job.layout.engine == "ray":
+        from modelpress.training.distributed.ray_engine import train_with_ray
+
+        return train_with_ray(job, ray_address=job.layout.ray_address,
+                              resources_per_worker=job.layout.resources_per_worker or None, log=log)
     n = job.nodes
     log(f"[{LABEL}] {job.layout.parallelism}: node {n.node_rank} of {n.nnodes}, {job.nproc_per_node} "
         f"process(es) here, world size {job.world_size}, {job.backend} on {job.device_type}, "
@@ -165,7 +189,7 @@ def worker(job: Job) -> dict | None:
     # the settings chose the device type; each rank takes its own device (cuda:<local rank>)
     job = replace(job, settings=replace(job.settings, device=str(device)))
     try:
-        run = ddp.run if job.layout.parallelism == "ddp" else pipeline.run
+        run = {"ddp": ddp.run, "fsdp": fsdp.run, "pipeline": pipeline.run}[job.layout.parallelism]
         return run(job, me)
     finally:
         dist.destroy_process_group()

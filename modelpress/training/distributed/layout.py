@@ -14,9 +14,12 @@ from typing import Mapping
 
 from modelpress.core.errors import ModelpressError
 
-STRATEGIES = ("ddp", "pipeline")
+STRATEGIES = ("ddp", "fsdp", "pipeline")
 SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("auto", "gloo", "nccl")
+MIXED_PRECISION = ("auto", "none", "bf16")
+# torchrun: torch's elastic launcher on every node; ray: Ray Train's workers (a local Ray, or the cluster at ray_address)
+ENGINES = ("torchrun", "ray")  # fsdp: bf16 compute with fp32 reductions where the GPU has bf16
 # Vertex AI pools that train: workerpool0 is the master (primary replica), workerpool1 the
 # workers; workerpool2/3 (reduction server, evaluators) take no part in the process group.
 TRAINING_POOLS = ("workerpool0", "workerpool1")
@@ -26,7 +29,7 @@ TRAINING_POOLS = ("workerpool0", "workerpool1")
 class Layout:
     """How to spread training over processes and machines (the component's parameters)."""
 
-    parallelism: str = "ddp"  # "ddp" | "pipeline" (not "strategy": a Vertex CustomJob field)
+    parallelism: str = "ddp"  # "ddp" | "fsdp" | "pipeline" (not "strategy": a Vertex CustomJob field)
     nproc_per_node: int = 0  # 0: one per GPU, else one per CPU core
     nnodes: int = 1
     node_rank: int = 0
@@ -35,8 +38,14 @@ class Layout:
     backend: str = "auto"  # auto: nccl with CUDA, else gloo
     microbatches: int = 4  # pipeline only
     schedule: str = "gpipe"  # pipeline only
+    mixed_precision: str = "auto"  # fsdp only: auto (bf16 compute on a GPU with bf16, else fp32), none, bf16
     threads_per_process: int = 0  # torch threads in each process; 0: this node's cores / processes
     rendezvous_timeout: int = 900  # seconds to wait for every node to join
+    # ray: nnodes x nproc_per_node Ray workers, placed by Ray; node_rank, master_addr/port,
+    # rendezvous_timeout and CLUSTER_SPEC are torchrun's and not used
+    engine: str = "torchrun"
+    ray_address: str = ""  # ray only: a running cluster (ray://head:10001, head:6379); "": a local Ray
+    resources_per_worker: dict | None = None  # ray only: e.g. {"CPU": 4, "GPU": 1}; None: 1 CPU (+ 1 GPU on CUDA)
 
     def validate(self) -> "Layout":
         problems = []
@@ -55,8 +64,24 @@ class Layout:
             problems.append("master_addr must name the master node (a host name or IP address)")
         if self.backend not in BACKENDS:
             problems.append(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.engine not in ENGINES:
+            problems.append(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if not isinstance(self.ray_address, str):
+            problems.append(f"ray_address must be a Ray cluster address or empty, got {self.ray_address!r}")
+        resources = self.resources_per_worker
+        if resources is not None and (not isinstance(resources, dict) or not all(
+                isinstance(k, str) and _amount(v) for k, v in resources.items())):
+            problems.append('resources_per_worker must map Ray resource names to amounts >= 0, e.g. '
+                            f'{{"CPU": 4, "GPU": 1}}; got {resources!r}')
+        if self.engine != "ray" and (self.ray_address or resources):
+            problems.append("ray_address and resources_per_worker are for engine 'ray'")
+        if self.engine == "ray" and self.ray_address and not self.nproc_per_node:
+            problems.append("with a ray_address, set nproc_per_node (x nnodes): the Ray workers to start; "
+                            "the cluster's devices cannot be counted from here")
         if problems:
             raise ModelpressError("invalid distributed layout: " + "; ".join(problems))
         return self
@@ -64,6 +89,10 @@ class Layout:
 
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _amount(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass(frozen=True)

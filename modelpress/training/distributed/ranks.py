@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:  # the launcher imports the workers; they only read the job it pickles
     from modelpress.training.distributed.launcher import Job
@@ -75,6 +76,59 @@ def common_metrics(job: Job, fitted: dict) -> dict:
             "threads_per_process": job.threads,
             # training steps only (validation excluded), all processes together
             "train_samples_per_s": fitted["samples_seen"] / train_seconds}
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this rank holds of `tensors` (a DTensor counts its local shard only)."""
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        local = t.to_local() if hasattr(t, "to_local") else t
+        total += local.numel() * local.element_size()
+    return total
+
+
+def held_bytes(model: nn.Module, opt) -> dict:
+    """Parameter, gradient and optimiser-state bytes this rank holds (after a step: gradients and
+    AdamW's two moments exist)."""
+    params = list(model.parameters())
+    state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    return {"param_bytes": local_bytes(params), "grad_bytes": local_bytes(p.grad for p in params),
+            "optimizer_bytes": local_bytes(state)}
+
+
+def data_parallel_step(trained: nn.Module, model: nn.Module, ds, settings, me: Rank, held: dict):
+    """(the optimiser step over this rank's share of a global batch, the examples an epoch uses) for the
+    DDP and FSDP workers; after the first step `held` gets the bytes this rank holds (held_bytes)."""
+    import math
+
+    from modelpress import training
+    from modelpress.training.loop import batch_step
+
+    xtr, ytr = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
+    n, batch = len(xtr), settings.batch_size
+    per_epoch = n // me.world * me.world  # the sampler drops what does not split evenly
+    opt, sched = training.make_optimiser(trained.parameters(), settings, settings.epochs * math.ceil(per_epoch / batch))
+    step = batch_step(trained, opt, sched, xtr, ytr, me.device)
+
+    def step_and_measure(idx, epoch):
+        loss = step(idx, epoch)
+        if not held:  # after the first step gradients and optimiser state exist
+            held.update(held_bytes(model, opt))
+        return loss
+
+    return step_and_measure, per_epoch
+
+
+def memory_metrics(stats: list[dict]) -> dict:
+    """Per rank and the largest: parameter, gradient and optimiser-state bytes held, and parameters +
+    optimiser state together (what sharding divides; DDP holds all of it on every rank)."""
+    out = {}
+    for key in ("param_bytes", "grad_bytes", "optimizer_bytes"):
+        out.update(per_rank(key, [s.get(key, 0) for s in stats]))
+    out["params_and_optimizer_bytes_max"] = max(s.get("param_bytes", 0) + s.get("optimizer_bytes", 0) for s in stats)
+    return out
 
 
 def per_rank(name: str, values: list[float]) -> dict:
