@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving
+.PHONY: help install install-ray demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving bench-serving-peers
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -70,6 +70,10 @@ bench-serving: $(STAMP) ## Batching vs no batching vs a naive server, plus hot r
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/serving.py --dense-mlp --reload-requests 0 --output benchmarks/results/serving-dense-mlp.json
 
+bench-serving-peers: $(STAMP) ## modelpress (HTTP, gRPC) beside NVIDIA Triton and KServe; own venv build/peers-venv (~6 min)
+	PYTHON=$(PYTHON) bash benchmarks/peers/setup.sh
+	$(PY) benchmarks/serving.py --peers
+
 # Container images (containers/<name>/Dockerfile). Tags are immutable commit ids: Vertex's
 # cache key includes the image string, so a rebuilt `latest` would return stale results.
 REGISTRY ?= europe-west4-docker.pkg.dev/PROJECT/modelpress
@@ -89,3 +93,13 @@ $(addprefix image-,$(IMAGES)): image-%:
 	$(if $(TREE_CHANGES),$(error uncommitted changes: an image tagged $(TAG) would not hold commit $(TAG); commit first, or pass TAG=<version>))
 	docker build --platform $(PLATFORM) --file containers/$*/Dockerfile --tag $(REGISTRY)/$*:$(TAG) .
 	docker push $(REGISTRY)/$*:$(TAG)
+
+# NVIDIA's Triton for serving.container: triton (docs/vertex.md): Vertex pulls only from Artifact Registry.
+TRITON_TAG ?= 25.01-py3
+.PHONY: mirror-triton
+mirror-triton: ## Copy nvcr.io/nvidia/tritonserver:$(TRITON_TAG) into $(REGISTRY) (serving.container: triton; docker)
+	$(if $(filter latest,$(TRITON_TAG)),$(error TRITON_TAG=latest is refused: name a release, e.g. TRITON_TAG=25.01-py3))
+	$(if $(findstring /PROJECT/,$(REGISTRY)/),$(error REGISTRY=$(REGISTRY) names no project: pass REGISTRY=<region>-docker.pkg.dev/<your-project>/<repository>))
+	docker pull --platform $(PLATFORM) nvcr.io/nvidia/tritonserver:$(TRITON_TAG)
+	docker tag nvcr.io/nvidia/tritonserver:$(TRITON_TAG) $(REGISTRY)/tritonserver:$(TRITON_TAG)
+	docker push $(REGISTRY)/tritonserver:$(TRITON_TAG)

@@ -13,6 +13,9 @@ servers. Then a hot-reload run: N requests at concurrency 64 against the batchin
 while a new version is deployed into its repository.
 
 Writes benchmarks/results/serving.{json,md} and serving.png.
+
+`--peers` runs the comparison with NVIDIA Triton and KServe instead (benchmarks/serving_peers.py,
+`--peers --help` for its options; its servers come from build/peers-venv).
 """
 
 from __future__ import annotations
@@ -103,6 +106,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def modelpress_grpc_flag() -> bool:
+    """Whether `modelpress serve` has --grpc-port (then it is passed: 0 here, a free port for the peers)."""
+    return "--grpc-port" in subprocess.run([sys.executable, "-m", "modelpress", "serve", "--help"],
+                                           capture_output=True, text=True).stdout
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -224,6 +233,9 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
+    if "--peers" in (sys.argv[1:] if argv is None else argv):
+        import serving_peers
+        return serving_peers.main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "build" / "bench-compression" / "teacher-onnx")
     p.add_argument("--dense-mlp", action="store_true",
@@ -238,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--reload-requests", type=int, default=10_000, help="0 skips the hot-reload run")
     p.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench-serving")
     p.add_argument("--output", type=Path, default=RESULTS / "serving.json")
+    p.add_argument("--peers", action="store_true", help="modelpress beside Triton and KServe instead: "
+                   "benchmarks/serving_peers.py (see --peers --help)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     model = dense_mlp(args.work_dir / "dense-mlp") if args.dense_mlp else ensure_model(args.model)
@@ -246,6 +260,7 @@ def main(argv=None) -> int:
 
     servers, procs = {}, []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    no_grpc = ["--grpc-port", "0"] if modelpress_grpc_flag() else []  # two servers: no shared default port
     try:
         for name, batching in (("modelpress batching", True), ("modelpress no batching", False)):
             repo = args.work_dir / name.replace(" ", "-")
@@ -253,7 +268,7 @@ def main(argv=None) -> int:
             port, mport = free_port(), free_port()
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "modelpress", "serve", "--repository", str(repo), "--http-port", str(port),
-                 "--metrics-port", str(mport), "--poll-seconds", "1", "--threads", str(args.threads)],
+                 "--metrics-port", str(mport), "--poll-seconds", "1", "--threads", str(args.threads), *no_grpc],
                 env=env, stdout=subprocess.DEVNULL, stderr=open(args.work_dir / f"{repo.name}.log", "w")))
             servers[name] = {"url": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{mport}/metrics",
                              "repo": repo, "proc": procs[-1]}

@@ -10,9 +10,11 @@ def deploy_vertex(
     served: Output[Model],
     project: str,
     location: str,
-    serve_image: str,
     model_display_name: str,
     endpoint_display_name: str,
+    serve_image: str = "",
+    container: str = "modelpress",
+    triton_image: str = "",
     repository: str = "",
     model_name: str = "digits",
     machine_type: str = "n1-standard-2",
@@ -29,7 +31,11 @@ def deploy_vertex(
         model: The chosen ONNX model (model.onnx + meta.json); its metadata names the variant.
         project: The Google Cloud project.
         location: The Vertex AI region, e.g. europe-west4.
-        serve_image: The serving container image, pinned by an immutable tag or @sha256 digest.
+        serve_image: The modelpress serve image (container modelpress), pinned by an immutable tag or
+            @sha256 digest.
+        container: What serves it: modelpress (the serve image, KServe v2 + Vertex instances) or triton
+            (NVIDIA's tritonserver image over the same repository, KServe v2 bodies only).
+        triton_image: The tritonserver image mirrored into Artifact Registry (container triton).
         model_display_name: The Model Registry name; a model of that name gets a new version (aliased
             champion), else a new model is made.
         endpoint_display_name: The endpoint's name; it is created when none has it.

@@ -155,11 +155,15 @@ def validate_values(values: dict) -> None:
     if values.get("qat_learning_rate", 1) <= 0:
         raise ModelpressError(f"qat_learning_rate must be > 0, got {values['qat_learning_rate']}")
     for key in ("calibration_samples", "threads", "max_windows", "prune_finetune_epochs", "distil_epochs",
-                "qat_epochs"):
+                "qat_epochs", "tune_concurrency"):
         if key in values and values[key] < 1:
             raise ModelpressError(f"{key} must be a whole number >= 1, got {values[key]}")
     if values.get("window_seconds", 1) <= 0:
         raise ModelpressError(f"window_seconds must be > 0, got {values['window_seconds']}")
+    if values.get("tune_search", "quick") not in ("quick", "grid"):
+        raise ModelpressError(f"tune_search must be quick (hill-climb) or grid, got {values['tune_search']!r}")
+    if values.get("tune_p99_budget_ms", 0) < 0:
+        raise ModelpressError(f"tune_p99_budget_ms must be >= 0 (0: no budget), got {values['tune_p99_budget_ms']}")
     policy = {f.name: values[f.name] for f in fields(decision.Policy) if f.name in values}
     if policy:  # the task: as set, or a built-in's own; "auto" on a file is known once the data step reads it
         task = values.get("task", "auto")

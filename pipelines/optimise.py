@@ -4,6 +4,7 @@ dataset -> train -> {structured prune, distil} -> export-onnx (x3)
         -> ParallelFor(quantisation methods): quantise each fp32 ONNX model
    train -> qat (quantisation-aware training, straight to an int8 ONNX model)
         -> benchmark (with the deployed champion) -> select -> If(blessed) -> deploy
+        -> If(tune_serving, local target) -> tune-serving (the served config, measured)
 
 Starting points (parameters): train from scratch; fine-tune your `weights`; take them as they
 are (`epochs: 0`); or start from an ONNX file (`onnx_model`, brought in with dsl.importer: the
@@ -22,6 +23,7 @@ from components.qat import qat
 from components.quantise import quantise
 from components.select import select
 from components.train import train
+from components.tune_serving import tune_serving as tune_serving_op
 from pipelines.targets import Target
 
 
@@ -76,6 +78,10 @@ def build(target: Target):
         rmse_ceiling: float = 0.0,
         repository: str = "model_repository",
         model_name: str = "digits",
+        tune_serving: bool = False,
+        tune_concurrency: int = 16,
+        tune_p99_budget_ms: float = 0.0,
+        tune_search: str = "quick",
     ):
         t = target.apply
         data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
@@ -125,6 +131,11 @@ def build(target: Target):
                        accuracy_floor=accuracy_floor, rmse_ceiling=rmse_ceiling), cache=False)
         with dsl.If(sel.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition, not Python)
             # local: the next version in `repository`; vertex: Model Registry + endpoint
-            target.deploy(model=sel.outputs["chosen"], repository=repository, model_name=model_name)
+            deployed = target.deploy(model=sel.outputs["chosen"], repository=repository, model_name=model_name)
+            if target.tunes_serving:
+                with dsl.If(tune_serving == True, name="tune-serving"):  # noqa: E712
+                    t(tune_serving_op(repository=repository, model_name=model_name,
+                                      deployed_version=deployed.outputs["Output"], concurrency=tune_concurrency,
+                                      p99_budget_ms=tune_p99_budget_ms, search=tune_search), cache=False)
 
     return optimise

@@ -64,6 +64,10 @@ class TargetConfig:
             raise ModelpressError("the training pipeline on Vertex AI trains with distributed-train, which does not "
                                   "train text models yet: train them with the optimise pipeline (its train step "
                                   "takes text)")
+        if values.get("tune_serving") and not self.target.tunes_serving:
+            raise ModelpressError("tune_serving measures the machine its step runs on, which on Vertex AI is not "
+                                  "the endpoint's: run `modelpress tune-serving` on a machine of the serving "
+                                  "machine_type (docs/serving.md), or set tune_serving: false")
         for key in LOCAL_PATH_PARAMETERS & set(sig):
             value = str(values.get(key, sig[key][1]) or "")
             if key == "code_dir" and value and self.target.name == "vertex":

@@ -85,7 +85,8 @@ def placeholder_warnings(args, cfg, plan) -> list[tuple[str, str]]:
         ("service_account", raw.get("service_account")), ("image", raw.get("image")),
         ("distributed.image", (raw.get("distributed") or {}).get("image")),
         ("ray.image", (raw.get("ray") or {}).get("image")),
-        ("serving.serve_image", (raw.get("serving") or {}).get("serve_image"))]]
+        ("serving.serve_image", (raw.get("serving") or {}).get("serve_image")),
+        ("serving.triton_image", (raw.get("serving") or {}).get("triton_image"))]]
     for item in plan:
         from_config = cfg.parameters.get(item["pipeline"]) or {}
         for name, value in item["parameters"].items():

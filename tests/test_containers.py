@@ -212,7 +212,7 @@ def test_serve_image_exposes_the_vertex_port():
     final = stages("serve")[-1]
     exposed = {p for w, r in final if w == "EXPOSE" for p in r.split()}
     env = " ".join(r for w, r in final if w == "ENV")
-    assert "8080" in exposed and "AIP_HTTP_PORT=8080" in env
+    assert {"8080", "8001", "8002"} <= exposed and "AIP_HTTP_PORT=8080" in env  # HTTP, gRPC, metrics
 
 
 def test_make_images_builds_and_pushes_three_tagged_images():
@@ -234,6 +234,19 @@ def test_make_images_refuses(args, message):
                           check=False)
     assert proc.returncode != 0 and message in proc.stderr
     assert "docker" not in proc.stdout
+
+
+def test_make_mirror_triton_copies_a_release_into_the_registry():
+    proc = subprocess.run(["make", "-n", "mirror-triton", "REGISTRY=r", "TRITON_TAG=25.01-py3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stdout.splitlines() if ln.startswith("docker ")] == [
+        "docker pull --platform linux/amd64 nvcr.io/nvidia/tritonserver:25.01-py3",
+        "docker tag nvcr.io/nvidia/tritonserver:25.01-py3 r/tritonserver:25.01-py3",
+        "docker push r/tritonserver:25.01-py3"]
+    refused = subprocess.run(["make", "-n", "mirror-triton", "REGISTRY=r", "TRITON_TAG=latest"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "TRITON_TAG=latest is refused" in refused.stderr
 
 
 # --- the serve image's package subset, exercised without Docker -----------------------------
@@ -274,7 +287,7 @@ class NotInServeImage(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (not in the serve image)", name=name)
 sys.meta_path.insert(0, NotInServeImage())
 from modelpress.cli import main
-sys.exit(main(["serve", "--metrics-port", "0"]))
+sys.exit(main(["serve", "--metrics-port", "0", "--grpc-port", "0"]))
 """
 
 

@@ -20,6 +20,8 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path, replace_dir, write_json_atomic
 
 CONFIG_FILE = "config.pbtxt"
+THREAD_PARAM = "intra_op_thread_count"  # Triton's onnxruntime backend parameter; modelpress serve honours it
+TUNED_PARAM = "tuned_by"  # set by tune-serving: the next deploy keeps the measured serving settings
 TOKENIZER_DIR = "tokenizer"  # beside a text model's model.onnx; Triton ignores it, clients and modelpress read it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32",
@@ -49,7 +51,7 @@ def latest(repository: str | os.PathLike, name: str) -> Path | None:
 
 def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int = 64,
                  preferred_batch_sizes: tuple[int, ...] = (8, 32), max_queue_delay_us: int = 0,
-                 instances: int = 1):
+                 instances: int = 1, gpu: bool = False):
     """Triton ModelConfig from the ONNX graph's inputs and outputs (batch dimension implicit)."""
     from tritonclient.grpc import model_config_pb2 as mc
 
@@ -73,7 +75,8 @@ def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int
     # grow with load; a positive delay idles a free instance, which on CPU rarely pays
     # (benchmarks/results/serving.md).
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=instances, kind=kind)
     config.version_policy.latest.num_versions = 1
     for key, value in describe_for_clients(runtime.read_meta(onnx_path)).items():
         config.parameters[key].string_value = value
@@ -109,7 +112,8 @@ def read_config(repository: str | os.PathLike, name: str):
 
 def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: str, *,
            max_batch_size: int = 64, preferred_batch_sizes: tuple[int, ...] = (8, 32),
-           max_queue_delay_us: int = 0, instances: int = 1, extra_meta: dict | None = None) -> int:
+           max_queue_delay_us: int = 0, instances: int = 1, gpu: bool = False,
+           extra_meta: dict | None = None) -> int:
     """Add `model_dir` (model.onnx + meta.json) as the next version of `name`; return it."""
     from google.protobuf import text_format
 
@@ -117,9 +121,11 @@ def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: st
     source = runtime.onnx_file(model_dir)
     config = build_config(source, name, max_batch_size=max_batch_size,
                           preferred_batch_sizes=preferred_batch_sizes,
-                          max_queue_delay_us=max_queue_delay_us, instances=instances)
+                          max_queue_delay_us=max_queue_delay_us, instances=instances, gpu=gpu)
     folder = local_path(repository) / name
     folder.mkdir(parents=True, exist_ok=True)
+    if (folder / CONFIG_FILE).is_file():
+        keep_tuned(config, read_config(repository, name))
     version = (versions(repository, name) or [0])[-1] + 1
     tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=folder))
     try:
@@ -137,3 +143,22 @@ def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return version
+
+
+def keep_tuned(config, previous) -> None:
+    """Carry the serving settings `modelpress tune-serving` measured (instances, threads, batching
+    delay and preferred sizes) from the model's previous config into `config`: a retrained version
+    of the same model serves best with them too, and a deploy must not undo a tuning."""
+    if TUNED_PARAM not in previous.parameters:
+        return
+    for group, old in zip(config.instance_group, previous.instance_group):
+        group.count = old.count
+    if config.HasField("dynamic_batching") and previous.HasField("dynamic_batching"):
+        db = config.dynamic_batching
+        db.max_queue_delay_microseconds = previous.dynamic_batching.max_queue_delay_microseconds
+        del db.preferred_batch_size[:]
+        db.preferred_batch_size.extend(b for b in previous.dynamic_batching.preferred_batch_size
+                                       if b <= config.max_batch_size)
+    for key in (THREAD_PARAM, TUNED_PARAM):
+        if key in previous.parameters:
+            config.parameters[key].string_value = previous.parameters[key].string_value

@@ -27,8 +27,12 @@ def _levels(text: str) -> list[int]:
 def add_loadtest(commands) -> None:
     p = commands.add_parser("loadtest", help="measure a KServe v2 server: concurrency sweeps or a fixed rate",
                             description="Closed-loop concurrency sweeps (--concurrency) and an open-loop fixed-rate "
-                            "mode (--rate) that does not hide tail latency. Binary tensors by default.")
-    p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
+                            "mode (--rate) that does not hide tail latency, over HTTP (binary tensors by default) "
+                            "or gRPC (--protocol grpc: Triton's GRPCInferenceService, raw tensor contents).")
+    p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000; with --protocol grpc, host:port "
+                   "(e.g. 127.0.0.1:8001)")
+    p.add_argument("--protocol", choices=["http", "grpc"], default="http",
+                   help="http: KServe v2 REST (default); grpc: GRPCInferenceService.ModelInfer")
     p.add_argument("--model", required=True)
     p.add_argument("--version", help="model version (default: the server's choice)")
     p.add_argument("--concurrency", type=_levels, help="comma-separated client counts (default 1,4,16,64)")
@@ -48,14 +52,17 @@ def _loadtest(args) -> int:
 
     if args.rate is not None and args.rate <= 0:
         raise SystemExit("modelpress loadtest: error: --rate must be > 0")
+    if args.protocol == "grpc" and args.json_tensors:
+        raise SystemExit("modelpress loadtest: error: --json-tensors is for HTTP; gRPC sends raw tensor contents")
     # the table on stdout (header first, a row per level as it finishes); progress on stderr
     results = loadtest.run(args.url, args.model, concurrency=args.concurrency, rate=args.rate,
                            duration_s=args.duration, warmup_s=args.warmup, batch=args.batch,
-                           binary=not args.json_tensors, version=args.version,
+                           binary=not args.json_tensors, version=args.version, protocol=args.protocol,
                            progress=lambda line: print(line, file=sys.stderr, flush=True),
                            emit=lambda line: print(line, flush=True))
     if args.output:
-        write_json_atomic(args.output, {"url": args.url, "model": args.model, "results": loadtest.to_json(results)})
+        write_json_atomic(args.output, {"url": args.url, "protocol": args.protocol, "model": args.model,
+                                        "results": loadtest.to_json(results)})
         print(f"wrote {args.output}")
     if args.plot:
         loadtest.plot({args.model: results}, str(args.plot))

@@ -1,4 +1,5 @@
-"""A load generator for any KServe v2 HTTP server (modelpress, Triton, others).
+"""A load generator for any KServe v2 server (modelpress, Triton, others), over HTTP (`Target`)
+or gRPC (`grpc_target.GrpcTarget`, Triton's GRPCInferenceService).
 
 Two modes:
 - closed loop: N concurrent clients, each sending its next request when the last one
@@ -7,8 +8,10 @@ Two modes:
 - open loop: requests sent at a fixed rate whatever the server does; latency counts from
   when each request was DUE, so a stall shows up in the tail (no coordinated omission).
 
-The request body (binary tensors by default, like tritonclient) is built once from the
-model's metadata, so the client spends its CPU on HTTP, not on encoding.
+The request body (binary tensors by default, like tritonclient; raw contents over gRPC) is built
+once from the model's metadata, so the client spends its CPU on the transport, not on encoding.
+A target gives the loops its connections (`open`), builds its body (`prepare`) and sends it
+(`send`, returning 200 for success, else the HTTP status or gRPC code, 0 for no answer).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class Target:
         self.body: bytes = b""
         self.headers: dict = {}
 
+    async def open(self, limit: int, timeout_s: float):
+        return await _session(limit, timeout_s)
+
     async def prepare(self, session) -> None:
         import aiohttp
 
@@ -50,6 +56,9 @@ class Target:
         rng = np.random.default_rng(self.seed)
         inputs = {}
         for t in meta["inputs"]:
+            if t["datatype"] not in DATATYPES:
+                raise ModelpressError(f"input {t['name']!r} of {self.model!r} is {t['datatype']}; the load generator "
+                                      "makes numeric tensors only")
             shape = [self.batch if d == -1 and i == 0 else (1 if d == -1 else d) for i, d in enumerate(t["shape"])]
             dtype = DATATYPES[t["datatype"]]
             inputs[t["name"]] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
@@ -81,8 +90,14 @@ async def _session(limit: int, timeout_s: float):
                                  timeout=aiohttp.ClientTimeout(total=timeout_s))
 
 
+async def _open(target, limit: int, timeout_s: float):
+    """The target's connections (an aiohttp session, gRPC channels); a target without `open` is HTTP."""
+    opener = getattr(target, "open", None)
+    return await (opener(limit, timeout_s) if opener else _session(limit, timeout_s))
+
+
 def _result(mode, level, target, records, seconds, late=0) -> LevelResult:
-    ok = [lat for status, lat in records if status == 200]
+    ok = [lat for status, lat in records if status == 200]  # HTTP 200, or gRPC OK (GrpcTarget says 200)
     errors = Counter(str(status) for status, _ in records if status != 200)
     return LevelResult(mode=mode, level=level, batch=target.batch, requests=len(records), ok=len(ok),
                        errors=dict(errors), seconds=seconds, throughput_rps=len(ok) / seconds,
@@ -92,7 +107,7 @@ def _result(mode, level, target, records, seconds, late=0) -> LevelResult:
 async def closed_loop(target: Target, concurrency: int, duration_s: float, warmup_s: float,
                       timeout_s: float = 30.0, max_requests: int | None = None) -> LevelResult:
     """`concurrency` clients back to back; with `max_requests`, stop after that many (all measured)."""
-    session = await _session(concurrency, timeout_s)
+    session = await _open(target, concurrency, timeout_s)
     async with session:
         if not target.body:
             await target.prepare(session)
@@ -118,7 +133,7 @@ async def closed_loop(target: Target, concurrency: int, duration_s: float, warmu
 
 async def open_loop(target: Target, rate: float, duration_s: float, warmup_s: float,
                     timeout_s: float = 30.0, max_in_flight: int = 10_000) -> LevelResult:
-    session = await _session(0, timeout_s)
+    session = await _open(target, 0, timeout_s)
     async with session:
         if not target.body:
             await target.prepare(session)
@@ -153,12 +168,18 @@ async def open_loop(target: Target, rate: float, duration_s: float, warmup_s: fl
 
 def run(url: str, model: str, *, concurrency: list[int] | None = None, rate: float | None = None,
         duration_s: float = 10.0, warmup_s: float = 2.0, batch: int = 1, binary: bool = True,
-        version: str | None = None, progress=print, emit=None) -> list[LevelResult]:
+        version: str | None = None, progress=print, emit=None, protocol: str = "http") -> list[LevelResult]:
     """Measure each level in turn. `emit` gets the results table line by line, the header
     first and then a row as each level finishes; `progress` gets what is being measured
-    (`emit` defaults to it)."""
+    (`emit` defaults to it). `protocol`: "http" (KServe v2 REST) or "grpc" (`url` is host:port)."""
     emit = emit or progress
-    target = Target(url, model, version=version, batch=batch, binary=binary)
+    if protocol == "grpc":
+        from modelpress.loadtest.grpc_target import GrpcTarget
+        target = GrpcTarget(url, model, version=version, batch=batch)
+    elif protocol == "http":
+        target = Target(url, model, version=version, batch=batch, binary=binary)
+    else:
+        raise ModelpressError(f"unknown protocol {protocol!r}; use http or grpc")
     results = []
     levels = [("rate", rate)] if rate else []
     levels += [("concurrency", c) for c in concurrency or ([] if rate else [1, 4, 16, 64])]

@@ -14,7 +14,7 @@ class LevelResult:
     batch: int
     requests: int              # completed in the measurement window
     ok: int
-    errors: dict = field(default_factory=dict)   # status (0 = connection error/timeout) -> count
+    errors: dict = field(default_factory=dict)   # HTTP status or gRPC code name (0 = no answer) -> count
     seconds: float = 0.0
     throughput_rps: float = 0.0                  # successful requests per second
     rows_per_s: float = 0.0

@@ -4,5 +4,5 @@ the error types and how they become statuses (``errors``), the wire codec shared
 (``batching``), class names and probabilities (``postprocess``), text classifiers (``text``: texts
 to token ids and batches of mixed lengths; ``textmodel``: a text version's tokenizer, what it
 accepts and says), the transport-free data plane (``dataplane``), the HTTP transport
-(``rest``), Prometheus metrics (``metrics``) and process start-up, Vertex mode included
+(``rest``), the gRPC transport (``grpc``: Triton's GRPCInferenceService), Prometheus metrics (``metrics``) and process start-up, Vertex mode included
 (``server``, ``cli``, ``settings``)."""

@@ -115,7 +115,7 @@ class Scheduler:
         self._queued_rows = 0
         self._forming: list[_Item] = []   # the batch being collected: failed too if the loop dies
         self._wakeup = asyncio.Event()
-        self._free: asyncio.Queue = asyncio.Queue()
+        self._free: asyncio.Queue = asyncio.LifoQueue()
         for s in sessions:
             self._free.put_nowait(s)
         self._executing = 0
@@ -209,6 +209,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                # Work first, then the instance: idle, the loop holds none, so the one freed last (LIFO,
+                # its weights still in cache) takes the next request instead of instances alternating.
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
                 session = await self._free.get()
                 batch, rows = await self._collect()
                 self._forming = []

@@ -4,13 +4,18 @@ Vertex AI custom-container mode turns on when AIP_HTTP_PORT is set: bind 0.0.0.0
 port, serve AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE, load the repository at
 AIP_STORAGE_URI (gs:// is copied to local disk first).
 
-Both ports are bound before any model loads, so a busy port is one line naming it. SIGTERM
-and SIGINT stop accepting connections, let in-flight requests finish (at most the request
-timeout), close the models and exit 0.
+gRPC (Triton's GRPCInferenceService, `serving.grpc`) listens on its own port in the same event
+loop, over the same data plane: it starts answering when HTTP does (once the models are loaded)
+and stops with it.
+
+Every port is bound before any model loads, so a busy port is one line naming it and its flag.
+SIGTERM and SIGINT stop accepting connections and calls (HTTP and gRPC at once), let in-flight
+requests finish (at most the request timeout), close the models and exit 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -36,6 +41,7 @@ class Listen:
     host: str = "127.0.0.1"
     http_port: int = 8000
     metrics_port: int = 8002      # 0: no metrics endpoint
+    grpc_port: int = 8001         # 0: no gRPC
 
 
 def vertex_environment(env=os.environ) -> dict | None:
@@ -88,7 +94,7 @@ def _bind_error(host: str, port: int, exc: OSError, what: str, fix: str) -> Mode
                            f"choose another address or port with --host / {fix}")
 
 
-def bind_api_socket(host: str, port: int, fix: str = "--http-port") -> socket.socket:
+def bind_api_socket(host: str, port: int, fix: str = "--http-port", what: str = "API") -> socket.socket:
     """The API's listening socket, bound the way uvicorn binds it, but failing with one clear line."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -96,13 +102,36 @@ def bind_api_socket(host: str, port: int, fix: str = "--http-port") -> socket.so
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise _bind_error(host, port, exc, "API", fix) from None
+        raise _bind_error(host, port, exc, what, fix) from None
     return sock
 
 
-def build_server(app, settings: ServeSettings, **config):
-    """A uvicorn server for `app` whose graceful shutdown is bounded by the request timeout."""
+def _with_transports(app, transports: list) -> None:
+    """Run the other transports (gRPC) inside the app's lifespan: they start answering once the
+    models are loaded, and the models close only after their in-flight calls have finished."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            for t in transports:
+                await t.start()
+            try:
+                yield state
+            finally:
+                await asyncio.gather(*(t.stop() for t in transports))
+
+    app.router.lifespan_context = lifespan
+
+
+def build_server(app, settings: ServeSettings, *, transports=(), **config):
+    """A uvicorn server for `app` whose graceful shutdown is bounded by the request timeout.
+    `transports` (a GrpcTransport) bind before the models load and stop with HTTP."""
     import uvicorn
+
+    transports = list(transports)
+    if transports:
+        _with_transports(app, transports)
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -112,6 +141,20 @@ def build_server(app, settings: ServeSettings, **config):
             with super().capture_signals():
                 yield
                 getattr(self, "_captured_signals", []).clear()
+
+        async def startup(self, sockets=None):
+            try:
+                for t in transports:  # in this event loop, before the lifespan loads the models
+                    t.bind()
+                await super().startup(sockets)
+            except BaseException:  # a port or the models failed (uvicorn exits): release the ports
+                await asyncio.gather(*(t.stop() for t in transports), return_exceptions=True)
+                raise
+
+        async def shutdown(self, sockets=None):
+            for t in transports:  # refuse new calls now, beside HTTP; the lifespan awaits their drain
+                t.stop()
+            await super().shutdown(sockets)
 
     # in-flight requests end within the request timeout (answered, or 504): wait no longer
     return Server(uvicorn.Config(app, lifespan="on", access_log=False,
@@ -148,9 +191,23 @@ def serve(repository: str | None, listen: Listen, settings: ServeSettings, *, ma
             sock.close()
             raise _bind_error(listen.host, listen.metrics_port, exc, "metrics",
                               "--metrics-port (0 turns metrics off)") from None
-    log.info("serving %s on http://%s:%d%s%s", root, listen.host, listen.http_port,
+    transports = []
+    if listen.grpc_port:
+        from modelpress.serving.grpc.transport import FLAG, GrpcTransport
+
+        try:  # grpc reports a busy port with a native log line and a vague error: check it plainly first
+            if listen.grpc_port in (listen.http_port, listen.metrics_port):
+                raise ModelpressError(f"gRPC port {listen.grpc_port} is also the HTTP or metrics port; give gRPC "
+                                      f"its own with {FLAG}")
+            bind_api_socket(listen.host, listen.grpc_port, FLAG, what="gRPC").close()
+        except ModelpressError:
+            sock.close()
+            raise
+        transports.append(GrpcTransport(plane, listen.host, listen.grpc_port))
+    log.info("serving %s on http://%s:%d%s%s%s", root, listen.host, listen.http_port,
+             f" and gRPC :{listen.grpc_port}" if listen.grpc_port else "",
              f" (metrics on :{listen.metrics_port}/metrics)" if listen.metrics_port else "",
              f" (Vertex mode: {settings.vertex_predict_route})" if vertex else "")
-    server = build_server(build_app(plane), settings, loop="uvloop", http="httptools",
+    server = build_server(build_app(plane), settings, transports=transports, loop="uvloop", http="httptools",
                           log_level="warning", backlog=2048, timeout_keep_alive=30)
     server.run(sockets=[sock])

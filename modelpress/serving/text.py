@@ -103,7 +103,11 @@ def bytes_tensor_from_json(data, shape: Sequence[int], where: str) -> np.ndarray
 def _object_array(values: list, shape: Sequence[int]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)  # not np.array(values): that would make 'S' and drop trailing NULs
     out[:] = values
-    return out.reshape(tuple(shape))
+    try:
+        return out.reshape(tuple(shape))
+    except ValueError:  # an empty tensor whose other dimensions are absurd: numpy cannot even describe it
+        raise ClientError(f"shape {list(shape)} is too large to describe (numpy refuses it); send the real "
+                          "dimensions of the texts") from None
 
 
 def _json_type(value) -> str:

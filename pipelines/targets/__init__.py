@@ -71,3 +71,9 @@ class Target:
     def deploy(self, model, repository, model_name):
         """Deploy a blessed model: the next version of a local model repository, or a Vertex endpoint."""
         return self.kind.deploy(self, model, repository, model_name)
+
+    @property
+    def tunes_serving(self) -> bool:
+        """Whether a tune-serving step can follow the deploy: it measures the machine it runs on,
+        which is the serving machine only where the step and the server share it (local)."""
+        return self.name == "local"

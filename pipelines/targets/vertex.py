@@ -158,11 +158,13 @@ def deploy(target: Target, model, repository, model_name):
 
     if target.serving is None:
         raise ModelpressError("the vertex target deploys with the `serving:` block of configs/vertex.yaml; "
-                              "add it (serve_image, model_display_name, endpoint_display_name, ...)")
+                              "add it (serve_image or container: triton + triton_image, model_display_name, "
+                              "endpoint_display_name, ...)")
     s = target.serving
     return target.apply(deploy_vertex(
         model=model, repository=repository, model_name=model_name, project=target.project,
-        location=target.region, serve_image=s.serve_image, model_display_name=s.model_display_name,
+        location=target.region, serve_image=s.serve_image, container=s.container, triton_image=s.triton_image,
+        model_display_name=s.model_display_name,
         endpoint_display_name=s.endpoint_display_name, machine_type=s.machine_type,
         min_replica_count=s.min_replica_count, max_replica_count=s.max_replica_count,
         canary_traffic_percent=s.canary_traffic_percent, accelerator_type=s.accelerator_type,

@@ -15,7 +15,8 @@ import pytest
 from modelpress.deploy import repository
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in ("serving", "vertex", "text", "training"))]
+DOCS = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in ("serving", "vertex", "text", "training",
+                                                                            "development"))]
 
 # A block whose first line starts with one of these is not run here: why, and what tests it.
 NOT_HERE = {
@@ -27,6 +28,12 @@ NOT_HERE = {
     "gcloud storage cp": "uploads to Cloud Storage; tests/pipelines/test_submit.py sends submissions to fakes",
     "git commit": "commits your work, then pushes images (Docker)",
     "make serve": "run below as the command it stands for, on a free port",
+    "make mirror-triton": "pulls from NVIDIA's registry and pushes to yours (Docker); tests/test_containers.py "
+                          "checks the commands it runs",
+    "make bench-serving-peers": "minutes of measurement in its own venv; tests/test_benchmark_peers.py checks the "
+                                "peers start and answer like a bare ONNX Runtime session",
+    ".venv/bin/modelpress tune-serving": "minutes of measurement on model_repository after make demo; "
+                                         "tests/serving/test_tune_serving.py runs it on a tiny model with a small grid",
 }
 # single lines inside run blocks that need Google Cloud: covered by tests/pipelines/test_submit.py's fakes
 NEEDS_GOOGLE = re.compile(r"pipelines/submit\.py (?!.*--dry-run)")
@@ -52,8 +59,9 @@ def _shell(body: str, tmp: Path, port: int = 0, mport: int = 0) -> str:
     return proc.stdout
 
 
-def _python(body: str, tmp: Path, port: int = 0) -> str:
-    proc = subprocess.run([sys.executable, "-c", body.replace("127.0.0.1:8000", f"127.0.0.1:{port}")], cwd=tmp,
+def _python(body: str, tmp: Path, port: int = 0, grpc_port: int = 0) -> str:
+    body = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}")
+    proc = subprocess.run([sys.executable, "-c", body], cwd=tmp,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, body + proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -105,6 +113,10 @@ def test_the_readme_commands_run_as_written(tmp_path):
         assert sum(a == b for a, b in zip(labels, truth)) >= 7, printed  # raw digits in, right classes out
         text_snippet = next(b for b in python if 'client.infer("reviews"' in b)
         assert "'truncated': []" in _python(text_snippet, tmp_path, int(port))
+        grpc_snippets = [b for b in python if "tritonclient.grpc" in b]
+        assert len(grpc_snippets) >= 2  # README and docs/serving.md
+        for body in grpc_snippets:  # the same digits over gRPC: class names back
+            assert re.search(r"\[b?'\d'", _python(body, tmp_path, int(port), server.grpc_port)), body
     finally:
         stop_server(server)
 

@@ -98,6 +98,7 @@ def test_the_deploy_step_follows_the_target(compiled, tmp_path):
         constant = {k: v["runtimeValue"]["constant"] for k, v in deploy.items() if "runtimeValue" in v}
         assert constant == {"project": "my-project", "location": "europe-west4",
                             "serve_image": "europe-west4-docker.pkg.dev/my-project/modelpress/serve:abc1234",
+                            "container": "modelpress", "triton_image": "",
                             "model_display_name": "modelpress-digits", "endpoint_display_name": "modelpress-digits",
                             "machine_type": "n1-standard-2", "min_replica_count": 1, "max_replica_count": 3,
                             "canary_traffic_percent": 10, "accelerator_type": "", "accelerator_count": 0,

@@ -82,6 +82,7 @@ class Server:
     repo: Path
     proc: subprocess.Popen
     log: Path
+    grpc_port: int = 0
 
     def get(self, path: str) -> tuple[int, bytes]:
         return http_get(self.url + path)
@@ -101,11 +102,12 @@ class Server:
 
 def start_server(repo: Path | None, tmp: Path, *extra: str, env: dict | None = None, port: int | None = None) -> Server:
     port = port or free_port()
-    mport = free_port()
+    mport, gport = free_port(), free_port()  # a caller's own --grpc-port (in extra) wins
     log = tmp / f"serve-{port}.log"
     where = ["--repository", str(repo)] if repo else []
     proc = subprocess.Popen([sys.executable, "-m", "modelpress", "serve", *where,
-                             "--http-port", str(port), "--metrics-port", str(mport), *extra],
+                             "--http-port", str(port), "--metrics-port", str(mport),
+                             "--grpc-port", str(gport), *extra],
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -120,7 +122,7 @@ def start_server(repo: Path | None, tmp: Path, *extra: str, env: dict | None = N
     else:
         proc.kill()
         raise RuntimeError(f"server did not start:\n{log.read_text()}")
-    return Server(url, f"127.0.0.1:{port}", f"http://127.0.0.1:{mport}/metrics", repo, proc, log)
+    return Server(url, f"127.0.0.1:{port}", f"http://127.0.0.1:{mport}/metrics", repo, proc, log, gport)
 
 
 def stop_server(server: Server) -> None:
@@ -134,6 +136,26 @@ def stop_server(server: Server) -> None:
 
 def deploy_tiny(repo: Path, tmp: Path, name: str = "tiny", seed: int = 0, **kwargs) -> int:
     return repository.deploy(make_onnx(tmp / f"src-{name}-{seed}", seed=seed), repo, name, **kwargs)
+
+
+def load_across_a_deploy(repo: Path, tmp: Path, target, requests: int = 10_000, concurrency: int = 64):
+    """`requests` at `concurrency` through `target` (a loadtest target of model tiny), with tiny's
+    version 2 (seed 1) deployed 0.3 s in; returns the load generator's result."""
+    import asyncio
+
+    from modelpress import loadtest
+
+    async def go():
+        async def deploy_midway():
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(deploy_tiny, repo, tmp, seed=1, max_batch_size=32, max_queue_delay_us=1000,
+                                    instances=2)
+        deployer = asyncio.get_running_loop().create_task(deploy_midway())
+        result = await loadtest.closed_loop(target, concurrency, duration_s=600, warmup_s=0, max_requests=requests)
+        await deployer
+        return result
+
+    return asyncio.run(go())
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +236,15 @@ def in_process_server(repo: Path, **settings):
     sock = bind_api_socket("127.0.0.1", 0)
     host = f"127.0.0.1:{sock.getsockname()[1]}"
     server = build_server(build_app(DataPlane(store, config)), config, log_config=None, log_level="warning")
+    with serving_in_thread(server, sock) as loop:
+        yield InProcess(f"http://{host}", host, store, loop)
+
+
+@contextlib.contextmanager
+def serving_in_thread(server, sock):
+    """Run a built uvicorn server on `sock` in a thread of this process; yields its event loop."""
+    import asyncio
+
     loops = []
 
     def run():
@@ -229,7 +260,7 @@ def in_process_server(repo: Path, **settings):
         time.sleep(0.02)
     assert server.started, "the in-process server did not start"
     try:
-        yield InProcess(f"http://{host}", host, store, loops[0])
+        yield loops[0]
     finally:
         server.should_exit = True
         thread.join(15)

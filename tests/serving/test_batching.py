@@ -78,3 +78,39 @@ def test_a_request_waiting_past_its_timeout_gets_504(session):
     stats, _, outs = _run(session, policy, [1], timeout_s=0.2)
     assert isinstance(outs[0], ServerError) and outs[0].status == 504 and "timed out" in str(outs[0])
     assert time.perf_counter() - start < 5
+
+
+def test_one_request_at_a_time_reuses_the_session_that_ran_last(session, tmp_path):
+    """Sequential requests stay on one warm instance (its weights in cache) instead of alternating;
+    concurrent ones still spread over every instance."""
+    other = runtime.session(make_onnx(tmp_path), threads=1)
+    used = []
+
+    class Recording:  # a real session that notes which instance ran each batch
+        def __init__(self, inner):
+            self.inner = inner
+
+        def get_outputs(self):
+            return self.inner.get_outputs()
+
+        def run(self, names, feed):
+            used.append(self)
+            time.sleep(0.02)  # long enough for concurrent requests to need the second instance
+            return self.inner.run(names, feed)
+
+    first, second = Recording(session), Recording(other)
+
+    async def go():
+        scheduler = Scheduler([first, second], BatchPolicy(max_batch_size=1, dynamic=False), max_queue_rows=100)
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        for _ in range(6):
+            await scheduler.infer({"input": x}, 1, 10.0)
+        sequential = list(used)
+        used.clear()
+        await asyncio.gather(*[scheduler.infer({"input": x}, 1, 10.0) for _ in range(4)])
+        await scheduler.drain_and_close()
+        return sequential, list(used)
+
+    sequential, concurrent = asyncio.run(go())
+    assert len(sequential) == 6 and len(set(map(id, sequential))) == 1
+    assert {id(first), id(second)} == set(map(id, concurrent))

@@ -11,7 +11,7 @@ import numpy as np
 from modelpress import loadtest
 from modelpress.serving.protocol import binary_request, decode_infer_response
 
-from .conftest import deploy_tiny, expected_logits, start_server, stop_server, wait_for
+from .conftest import deploy_tiny, expected_logits, load_across_a_deploy, start_server, stop_server, wait_for
 
 
 def _metric(text: str, name: str, version: str) -> float:
@@ -23,18 +23,7 @@ def test_new_version_under_load_then_a_broken_one(tmp_path):
     deploy_tiny(repo, tmp_path, seed=0, max_batch_size=32, max_queue_delay_us=1000, instances=2)
     server = start_server(repo, tmp_path, "--poll-seconds", "0.2")
     try:
-        async def load_with_deploy():
-            async def deploy_midway():
-                await asyncio.sleep(0.3)
-                await asyncio.to_thread(deploy_tiny, repo, tmp_path, seed=1, max_batch_size=32,
-                                        max_queue_delay_us=1000, instances=2)
-            deployer = asyncio.get_running_loop().create_task(deploy_midway())
-            result = await loadtest.closed_loop(loadtest.Target(server.url, "tiny"), 64, duration_s=600,
-                                                warmup_s=0, max_requests=10_000)
-            await deployer
-            return result
-
-        result = asyncio.run(load_with_deploy())
+        result = load_across_a_deploy(repo, tmp_path, loadtest.Target(server.url, "tiny"))
         assert result.requests == 10_000 and result.ok == 10_000 and result.errors == {}
         assert wait_for(lambda: json.loads(server.get("/v2/models/tiny")[1])["versions"] == ["2"])
         text = server.metrics()

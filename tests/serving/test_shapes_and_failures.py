@@ -164,7 +164,12 @@ def test_a_dying_scheduler_fails_its_queue_and_turns_the_model_not_ready(tmp_pat
         client = httpclient.InferenceServerClient(server.host)
         scheduler = server.store.get("seq").scheduler
 
-        async def broken_collect():  # a bug in batch forming, once a request is waiting
+        collect, calls = scheduler._collect, []
+
+        async def broken_collect():  # a bug in batch forming: the first batch forms, the next one fails
+            calls.append(1)
+            if len(calls) == 1:
+                return await collect()
             while not scheduler._queue:
                 await asyncio.sleep(0.005)
             raise RuntimeError("injected fault in batch forming")
@@ -173,7 +178,7 @@ def test_a_dying_scheduler_fails_its_queue_and_turns_the_model_not_ready(tmp_pat
         inputs = [httpclient.InferInput(n, [1, 8], "INT64") for n in ("input_ids", "attention_mask")]
         inputs[0].set_data_from_numpy(ids)
         inputs[1].set_data_from_numpy(mask)
-        scheduler._collect = broken_collect  # the loop picks it up after the batch it is collecting now
+        scheduler._collect = broken_collect
         assert np.array_equal(client.infer("seq", inputs).as_numpy("total"), expected)
         start = time.perf_counter()
         with pytest.raises(InferenceServerException) as queued:

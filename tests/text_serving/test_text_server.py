@@ -205,6 +205,8 @@ BAD = [
     ("three dimensions", _json_text(["a"], [1, 1, 1]), {}, "shape [1, 1, 1]"),
     ("count not matching the shape", _json_text(["a", "b"], [3]), {}, "has 2 strings but shape [3] needs 3"),
     ("no texts", _json_text([], [0]), {}, "no texts"),
+    ("no texts in absurd dimensions", _json_text([], [2**40, 0, 2**40]), {}, "too large to describe"),
+    ("no binary texts in absurd dimensions", *_binary_text(b"", [0, 2**40, 2**40]), "too large to describe"),
     ("text sent as numbers", _json_text([1, 2], [2], datatype="INT64"), {}, "must be a BYTES tensor"),
     ("another input name", _json_text(["a"], name="sentence"), {}, "takes texts as input 'text'"),
     ("BYTES lengths not adding up", *_binary_text(b"\x09\x00\x00\x00ok", [1]), "says 9 bytes but only 2 remain"),

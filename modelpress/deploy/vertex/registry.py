@@ -9,7 +9,8 @@ from modelpress.core.errors import ModelpressError
 from modelpress.deploy.vertex.checks import check_accelerator, check_display_name, check_immutable
 from modelpress.deploy.vertex.client import client, location_parent, one_by_display_name
 
-SERVE_PORT = 8080  # what `modelpress serve` binds in Vertex mode (AIP_HTTP_PORT)
+SERVE_PORT = 8080  # what `modelpress serve` (and Triton, in Vertex mode) binds: AIP_HTTP_PORT
+CONTAINERS = ("modelpress", "triton")
 PREDICT_ROUTE = "/predict"
 HEALTH_ROUTE = "/health"
 CHAMPION_ALIAS = "champion"
@@ -21,9 +22,11 @@ OPERATION_TIMEOUT_S = 3600  # a first endpoint deploy takes 15-30 minutes
 class Serving:
     """Where and how a blessed model is served: the `serving:` block of configs/vertex.yaml."""
 
-    serve_image: str
-    model_display_name: str
-    endpoint_display_name: str
+    serve_image: str = ""  # container modelpress: the serve image (make images)
+    model_display_name: str = ""
+    endpoint_display_name: str = ""
+    container: str = "modelpress"  # or triton: NVIDIA's own tritonserver image serves the same repository
+    triton_image: str = ""  # container triton: nvcr.io/nvidia/tritonserver:<tag>-py3 mirrored into Artifact Registry
     machine_type: str = "n1-standard-2"
     min_replica_count: int = 1
     max_replica_count: int = 1
@@ -31,8 +34,20 @@ class Serving:
     accelerator_type: str = ""  # e.g. NVIDIA_TESLA_T4; "" for CPU serving
     accelerator_count: int = 0
 
+    @property
+    def image(self) -> str:
+        return self.triton_image if self.container == "triton" else self.serve_image
+
     def validate(self, where: str = "serving") -> "Serving":
-        check_immutable(self.serve_image, f"{where}.serve_image")
+        if self.container not in CONTAINERS:
+            raise ModelpressError(f"{where}.container must be one of {', '.join(CONTAINERS)}, got {self.container!r}")
+        if self.container == "triton":
+            if not self.triton_image:
+                raise ModelpressError(f"{where}: container triton needs triton_image: nvcr.io/nvidia/tritonserver:"
+                                      "<tag>-py3 mirrored into your Artifact Registry (docs/vertex.md shows how)")
+            check_immutable(self.triton_image, f"{where}.triton_image")
+        else:
+            check_immutable(self.serve_image, f"{where}.serve_image")
         check_display_name(self.model_display_name, f"{where}.model_display_name")
         check_display_name(self.endpoint_display_name, f"{where}.endpoint_display_name")
         if not 1 <= self.min_replica_count <= self.max_replica_count:
@@ -64,13 +79,32 @@ def incumbent(endpoint) -> str | None:
     return max(serving)[2] if serving else None
 
 
+def container_spec(serving: Serving, model_name: str):
+    """What Vertex runs: `modelpress serve` (its own routes), or Triton over the same repository.
+
+    Triton's image starts tritonserver when Vertex sets AIP_MODE, serves Vertex's default
+    predict and health routes on AIP_HTTP_PORT, and takes a KServe v2 body on the predict
+    route as an infer on `--vertex-ai-default-model`. Vertex expands $(AIP_STORAGE_URI).
+    """
+    from google.cloud.aiplatform_v1 import types
+
+    ports = [types.Port(container_port=SERVE_PORT)]
+    if serving.container == "triton":
+        if not model_name:
+            raise ModelpressError("container triton needs the model's name for --vertex-ai-default-model")
+        return types.ModelContainerSpec(
+            image_uri=serving.triton_image, ports=ports,
+            args=["--model-repository=$(AIP_STORAGE_URI)", f"--vertex-ai-default-model={model_name}"])
+    return types.ModelContainerSpec(image_uri=serving.serve_image, predict_route=PREDICT_ROUTE,
+                                    health_route=HEALTH_ROUTE, ports=ports)
+
+
 def upload_request(artifact_uri: str, serving: Serving, *, project: str, location: str, parent_model: str = "",
-                   labels: dict | None = None, description: str = ""):
+                   labels: dict | None = None, description: str = "", model_name: str = ""):
     """A new model (or a new version under `parent_model`), aliased champion and made the default."""
     from google.cloud.aiplatform_v1 import types
 
-    container = types.ModelContainerSpec(image_uri=serving.serve_image, predict_route=PREDICT_ROUTE,
-                                         health_route=HEALTH_ROUTE, ports=[types.Port(container_port=SERVE_PORT)])
+    container = container_spec(serving, model_name)
     # "default" is the alias that makes a version the default one (is_default_version).
     model = types.Model(display_name=serving.model_display_name, artifact_uri=artifact_uri,
                         container_spec=container, version_aliases=[CHAMPION_ALIAS, "default"],
@@ -94,7 +128,7 @@ def deploy_request(endpoint: str, model_version: str, serving: Serving, split: d
 
 
 def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, labels: dict | None = None,
-           description: str = "", credentials=None, log: Callable[[str], None] = print,
+           description: str = "", model_name: str = "", credentials=None, log: Callable[[str], None] = print,
            timeout: float = OPERATION_TIMEOUT_S) -> dict:
     """Upload `artifact_uri` (a Triton-layout repository) to the Model Registry and deploy it.
 
@@ -113,7 +147,8 @@ def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, 
     existing = one_by_display_name(list(models.list_models(
         request=types.ListModelsRequest(parent=parent, filter=model_filter))), "model", serving.model_display_name)
     request = upload_request(artifact_uri, serving, project=project, location=location,
-                             parent_model=existing.name if existing else "", labels=labels, description=description)
+                             parent_model=existing.name if existing else "", labels=labels, description=description,
+                             model_name=model_name)
     uploaded = models.upload_model(request=request).result(timeout=timeout)
     version = f"{uploaded.model}@{uploaded.model_version_id}"
     log(f"[deploy-vertex] uploaded {artifact_uri} as {version}"
@@ -151,11 +186,17 @@ def publish(model_dir: str, served_dir: str, served_uri: str, serving: Serving, 
     gs:// URI is `served_uri`), upload and deploy it, then record the version in `repository`
     (where later runs read the champion) only once the deploy succeeded."""
     from modelpress.deploy import repository as repo
+    from modelpress.export import runtime
 
     meta = {"variant": variant}
-    repo.deploy(model_dir, served_dir, model_name, extra_meta=meta)
+    triton = serving.container == "triton"
+    if triton and runtime.read_meta(model_dir).get("token_inputs"):
+        log("[deploy-vertex] note: Triton serves the text model's ONNX inputs (token ids); only modelpress serve "
+            "takes raw strings and tokenises them")
+    # Triton places instances by kind; modelpress serve picks its device from the machine.
+    repo.deploy(model_dir, served_dir, model_name, extra_meta=meta, gpu=triton and bool(serving.accelerator_type))
     result = deploy(served_uri, serving, project=project, location=location, labels=labels,
-                    description=f"modelpress {model_name}: {variant or 'model'}", log=log)
+                    description=f"modelpress {model_name}: {variant or 'model'}", model_name=model_name, log=log)
     if repository:
         version = repo.deploy(model_dir, repository, model_name, extra_meta={**meta, **result})
         log(f"[deploy-vertex] champion recorded as {repository}/{model_name}/{version}")
