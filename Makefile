@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving bench-serving-peers
+.PHONY: help install install-ray demo demo-text test test-all compile clean bench-compression bench-distributed bench-byom bench-text serve bench-serving bench-serving-peers bench-batch
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -69,6 +69,9 @@ serve: $(STAMP) ## Serve model_repository/ (what the demo deployed) on 127.0.0.1
 bench-serving: $(STAMP) ## Batching vs no batching vs a naive server, plus hot reload under load (~6 min)
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/serving.py --dense-mlp --reload-requests 0 --output benchmarks/results/serving-dense-mlp.json
+
+bench-batch: $(STAMP) ## batch-predict vs a bare ONNX Runtime loop over the same arrays (~2 min)
+	$(PY) benchmarks/batch.py --small
 
 bench-serving-peers: $(STAMP) ## modelpress (HTTP, gRPC) beside NVIDIA Triton and KServe; own venv build/peers-venv (~6 min)
 	PYTHON=$(PYTHON) bash benchmarks/peers/setup.sh

@@ -29,8 +29,9 @@ def select(
             of the reference's value).
         p95_budget_ms: The most p95 batch-1 latency a variant may have, in ms (0: no budget).
         size_budget_bytes: The most bytes a variant's model file may take (0: no budget).
-        objective: What the chosen variant is best at: p50, p95, size or throughput. Variants within
-            the measured noise of the best are a tie, won by the smaller, then the better on the quality metric.
+        objective: What the chosen variant is best at: p50, p95, size, throughput or edge (the smallest
+            model within p95_budget_ms, which edge requires). Variants within the measured noise of the best
+            are a tie, won by the smaller, then the better on the quality metric.
         accuracy_floor: Classification: the least test accuracy a blessed model has, champion or not.
         rmse_ceiling: Regression: the most test RMSE a blessed model has, in the target's units (0: none).
 

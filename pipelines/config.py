@@ -101,6 +101,7 @@ def validate_values(values: dict) -> None:
     from modelpress.models import text as text_models
     from modelpress.models import text_sources
     from modelpress.data import preprocessing
+    from modelpress.export import edge
     from modelpress.selection import decision
     from modelpress.training.loop import TrainSettings
 
@@ -119,7 +120,8 @@ def validate_values(values: dict) -> None:
         data.parse_normalise(values["normalise"])
     if values.get("rmse_ceiling", 0) < 0:
         raise ModelpressError(f"rmse_ceiling must be >= 0 (0: no ceiling), got {values['rmse_ceiling']}")
-    text = bool(values.get("text_column"))
+    # a pipeline that builds a text dataset; batch_prediction's text_column only names a column to read
+    text = bool(values.get("text_column")) and "vocab_size" in values
     if text:
         _check_text(values)
     else:
@@ -155,13 +157,22 @@ def validate_values(values: dict) -> None:
     if values.get("qat_learning_rate", 1) <= 0:
         raise ModelpressError(f"qat_learning_rate must be > 0, got {values['qat_learning_rate']}")
     for key in ("calibration_samples", "threads", "max_windows", "prune_finetune_epochs", "distil_epochs",
-                "qat_epochs", "tune_concurrency"):
+                "qat_epochs", "tune_concurrency", "chunk_rows"):
         if key in values and values[key] < 1:
             raise ModelpressError(f"{key} must be a whole number >= 1, got {values[key]}")
     if values.get("window_seconds", 1) <= 0:
         raise ModelpressError(f"window_seconds must be > 0, got {values['window_seconds']}")
     if values.get("tune_search", "quick") not in ("quick", "grid"):
         raise ModelpressError(f"tune_search must be quick (hill-climb) or grid, got {values['tune_search']!r}")
+    if values.get("edge_target_platform", "") not in edge.TARGET_PLATFORMS:
+        raise ModelpressError(f"edge_target_platform must be one of {list(edge.TARGET_PLATFORMS)} ('' for any CPU), "
+                              f"got {values['edge_target_platform']!r}")
+    if "output_format" in values:  # batch_prediction
+        from modelpress.batch.writers import check_format
+
+        check_format(values["output_format"])
+    if values.get("version", 0) < 0:
+        raise ModelpressError(f"version must be 0 (the deployed champion) or a version number, got {values['version']}")
     if values.get("tune_p99_budget_ms", 0) < 0:
         raise ModelpressError(f"tune_p99_budget_ms must be >= 0 (0: no budget), got {values['tune_p99_budget_ms']}")
     policy = {f.name: values[f.name] for f in fields(decision.Policy) if f.name in values}

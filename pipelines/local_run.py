@@ -30,7 +30,7 @@ _PIPE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
 # the last line of a Python traceback: "modelpress.core.errors.ModelpressError: what went wrong"
 _ERROR = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
 KEY_METRICS = ("test_accuracy", "accuracy", "test_rmse", "rmse", "max_abs_diff", "size_bytes", "samples_per_s",
-               "training_pflop_days", "epochs_run")
+               "training_pflop_days", "epochs_run", "rows_predicted", "rows_failed", "rows_per_second")
 
 
 @dataclass
@@ -214,6 +214,7 @@ def _highlights(tasks: list[dict]) -> dict:
            **_from_results(tasks, chosen.get("variant"))}
     dep = next((t for t in tasks if t["task"].startswith("deploy")), None)
     out["deployed_version"] = dep["parameters"].get("Output") if dep and dep["status"] == "SUCCESS" else None
+    out["edge"] = next((t["metrics"] for t in tasks if t["task"] == "export-edge"), None)  # {} when skipped
     return out
 
 
@@ -376,8 +377,8 @@ def run(pipeline, pipeline_name: str, parameters: dict, pipeline_root: str, *,
             sys.stdout = saved
             tee.flush()
     seconds = time.time() - start
-    new = sorted(p for p in root.iterdir()
-                 if p.is_dir() and p.name not in before and p.name.startswith(pipeline_name + "-"))
+    prefix = pipeline_name.replace("_", "-") + "-"  # KFP names run folders with dashes: batch_prediction
+    new = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in before and p.name.startswith(prefix))
     run_dir = new[-1] if new else None
     summary = summarise(tee, run_dir, root)
     summary.update({"pipeline": pipeline_name, "parameters": parameters, "seconds": round(seconds, 3)})

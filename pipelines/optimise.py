@@ -5,6 +5,7 @@ dataset -> train -> {structured prune, distil} -> export-onnx (x3)
    train -> qat (quantisation-aware training, straight to an int8 ONNX model)
         -> benchmark (with the deployed champion) -> select -> If(blessed) -> deploy
         -> If(tune_serving, local target) -> tune-serving (the served config, measured)
+   select -> If(edge_export) -> export-edge (ORT format + required-operators config, measured vs .onnx)
 
 Starting points (parameters): train from scratch; fine-tune your `weights`; take them as they
 are (`epochs: 0`); or start from an ONNX file (`onnx_model`, brought in with dsl.importer: the
@@ -17,6 +18,7 @@ from kfp import dsl
 from components.benchmark import benchmark
 from components.dataset import make_dataset
 from components.distil import distil
+from components.export_edge import export_edge
 from components.export_onnx import export_onnx
 from components.prune import prune
 from components.qat import qat
@@ -82,6 +84,8 @@ def build(target: Target):
         tune_concurrency: int = 16,
         tune_p99_budget_ms: float = 0.0,
         tune_search: str = "quick",
+        edge_export: bool = False,
+        edge_target_platform: str = "",
     ):
         t = target.apply
         data_task = t(make_dataset(source=source, source_fingerprint=source_fingerprint, label_column=label_column,
@@ -129,6 +133,10 @@ def build(target: Target):
         sel = t(select(results=bench.outputs["results"], tolerance=tolerance, tolerance_mode=tolerance_mode,
                        p95_budget_ms=p95_budget_ms, size_budget_bytes=size_budget_bytes, objective=objective,
                        accuracy_floor=accuracy_floor, rmse_ceiling=rmse_ceiling), cache=False)
+        # the chosen model, blessed or not: a device build does not wait for the server's champion
+        with dsl.If(edge_export == True, name="edge-export"):  # noqa: E712
+            t(export_edge(model=sel.outputs["chosen"], dataset=ds, threads=threads, window_seconds=window_seconds,
+                          max_windows=max_windows, target_platform=edge_target_platform), cache=False)
         with dsl.If(sel.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a KFP condition, not Python)
             # local: the next version in `repository`; vertex: Model Registry + endpoint
             deployed = target.deploy(model=sel.outputs["chosen"], repository=repository, model_name=model_name)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 
-from pipelines import optimise, retraining, training
+from pipelines import batch_prediction, optimise, retraining, training
 from pipelines.targets import Target
 
 PIPELINES = {
     "training": training.build,
     "optimise": optimise.build,
     "retraining": retraining.build,
+    "batch_prediction": batch_prediction.build,
 }
 
 

@@ -68,6 +68,9 @@ class TargetConfig:
             raise ModelpressError("tune_serving measures the machine its step runs on, which on Vertex AI is not "
                                   "the endpoint's: run `modelpress tune-serving` on a machine of the serving "
                                   "machine_type (docs/serving.md), or set tune_serving: false")
+        if name == "batch_prediction" and self.target.name == "vertex":
+            from modelpress.deploy.vertex import batch_job
+            batch_job.check_parameters({**{k: d for k, (_, d) in sig.items()}, **values})
         for key in LOCAL_PATH_PARAMETERS & set(sig):
             value = str(values.get(key, sig[key][1]) or "")
             if key == "code_dir" and value and self.target.name == "vertex":

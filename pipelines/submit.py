@@ -121,7 +121,8 @@ def fingerprint_source(item: dict, cfg, *, dry_run: bool, log) -> None:
     """
     params = item["parameters"]
     source = str(params.get("source", ""))
-    if not source or params.get("source_fingerprint"):
+    if not source or params.get("source_fingerprint") or \
+            "source_fingerprint" not in signature(item["pipeline"], cfg.target):  # no data step (batch_prediction)
         return
     if item["schedule"]:
         if item["pipeline"] != "retraining" and cfg.enable_caching is not False:
@@ -142,6 +143,9 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[dict]:
     """Compile, build the jobs, then send (or, with --dry-run, only describe) the requests."""
     cfg = settings.load("vertex", args.config, image_tag=args.image_tag)
     plan = _plan(args, cfg)
+    if any(item["pipeline"] == "batch_prediction" for item in plan):
+        from modelpress.deploy.vertex import batch_job
+        batch_job.check_serving(cfg.target.serving)
     placeholders = placeholder_warnings(args, cfg, plan)
     if placeholders and not args.dry_run:  # before compiling, credentials or any Google Cloud call
         keys = ", ".join(key for key, _ in placeholders)

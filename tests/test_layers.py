@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "modelpress"
 # lowest first; a package may import itself and the packages before it
 LAYERS = ["core", "data", "models", "evaluation", "training", "export", "compression", "deploy", "selection",
-          "serving", "loadtest"]
+          "serving", "batch", "loadtest"]
 TOP = {"__init__", "__main__", "cli"}  # the `modelpress` command sits above every stage
 
 

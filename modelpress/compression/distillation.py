@@ -21,7 +21,7 @@ from modelpress import models
 from modelpress.core.errors import ModelpressError
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
-from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.dataset import Dataset, lineage, load_dataset
 from modelpress.data.text import is_text_dataset
 from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate, predict_logits
@@ -125,8 +125,11 @@ def distil(teacher_dir: str, dataset_dir: str, out_dir: str, *, student_architec
     fwd = flops_mod.forward_flops(student, ds.feature_shape)
     models.save_model(student, spec, out_dir, extra={
         "distillation": {"teacher": teacher_spec["architecture"], "temperature": None if regression else temperature,
-                         "alpha": alpha, "train_settings": asdict(settings)},
-        "class_names": ds.class_names, "task": ds.task})
+                         "alpha": alpha, "train_settings": asdict(settings),
+                         # how the teacher was made, for the student's model card
+                         "teacher_lineage": {k: v for k, v in (teacher_spec.get("info") or {}).items()
+                                             if k in ("start", "weights", "train_settings", "pruning")}},
+        "class_names": ds.class_names, "task": ds.task, "dataset": lineage(ds.schema)})
     s_q, t_q = _quality(test), _quality(teacher_test)
     ratio = f" ({s_q / t_q:.1%} of it)" if t_q else ""
     log(f"[distil] student test {name} {s_q:.4g} vs teacher {t_q:.4g}{ratio} with {params / tparams:.1%} "

@@ -15,6 +15,7 @@ from modelpress.compression.text_quantisation import PRECISIONS, quantise_text
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
 from modelpress.core.results import ModelCard, StepResult
+from modelpress.data.dataset import lineage
 from modelpress.data.text import load_text_dataset
 from modelpress.export import runtime
 from modelpress.export.text_artifact import copy_tokenizer
@@ -94,7 +95,8 @@ def distil_text_step(teacher_dir: str, dataset_dir: str, out_dir: str, *, studen
                     "settings": asdict(settings)}
     spec = text_models.save_text_model(student, str(local_path(teacher_dir) / text_models.TOKENIZER_DIR), out_dir, {
         "architecture": teacher_spec["architecture"], "class_names": ds.class_names, "max_length": ds.max_length,
-        "task": "classification", "distillation": distillation, "teacher": str(local_path(teacher_dir))})
+        "task": "classification", "distillation": distillation, "teacher": str(local_path(teacher_dir)),
+        "dataset": lineage(ds.schema)})
     s_acc, t_acc = scores["student_test_accuracy"], scores["teacher_test_accuracy"]
     card = text_card(student, ds, spec, s_acc, {"teacher_accuracy": t_acc, "student_of": teacher_spec["architecture"]})
     metrics = {"student_accuracy": s_acc, "teacher_accuracy": t_acc, "accuracy_ratio": s_acc / t_acc if t_acc else 0.0,

@@ -229,6 +229,15 @@ def read_schema(path: str, *, text: bool | None = None) -> dict:
     return schema
 
 
+LINEAGE_KEYS = ("source", "task", "splits", "fractions", "seed", "preprocessing", "label_column")
+
+
+def lineage(schema: dict) -> dict:
+    """What a model records of the data it learnt from (its card names it): source, splits and their
+    sizes, seed, preprocessing; the dataset's schema.json is the whole story."""
+    return {k: schema[k] for k in LINEAGE_KEYS if schema.get(k) is not None}
+
+
 def dataset_task(path: str) -> str:
     """The task of a dataset artifact (any kind, text included) from its schema alone."""
     return read_schema(path).get("task", "classification")

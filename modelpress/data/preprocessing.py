@@ -83,18 +83,28 @@ def convert_channels(raw: RawData, channels: int, log=print) -> RawData:
     have = raw.x.shape[1]
     if have == channels:
         return raw
+    x = channel_images(raw.x, channels)
+    log(f"[make-dataset] channels: {channels}, " + ("grey images repeated into 3 identical RGB channels"
+                                                   if channels == 3 else "RGB images turned grey (ITU-R 601 luma)"))
+    return replace(raw, x=x)
+
+
+def channel_images(x: np.ndarray, channels: int) -> np.ndarray:
+    """(N, C, H, W) images with `channels` channels: grey -> RGB by repeating the one channel, RGB ->
+    grey by ITU-R 601 luma; the training data and batch prediction convert with this one function."""
+    have = x.shape[1]
+    if have == channels:
+        return x
     if (have, channels) == (1, 3):
-        x = np.repeat(raw.x, 3, axis=1)
-        log("[make-dataset] channels: 3, grey images repeated into 3 identical RGB channels")
+        out = np.repeat(x, 3, axis=1)
     elif (have, channels) == (3, 1):
         luma = np.asarray(LUMA_601, dtype=np.float32).reshape(1, 3, 1, 1)
-        x = (raw.x * luma).sum(axis=1, keepdims=True, dtype=np.float32)
-        log("[make-dataset] channels: 1, RGB images turned grey (ITU-R 601 luma)")
+        out = (x * luma).sum(axis=1, keepdims=True, dtype=np.float32)
     else:
         raise ModelpressError(f"cannot turn {have}-channel images into {channels} channel(s): channels "
                               "converts grey (1) to RGB (3) and back. Convert the images yourself or set "
                               "channels: 0 to keep them.")
-    return replace(raw, x=np.ascontiguousarray(x, dtype=np.float32))
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _count(raw: RawData) -> tuple[int, str]:

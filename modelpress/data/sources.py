@@ -71,14 +71,14 @@ def load_source(source: str, *, label_column: str = "label", image_size: int = 0
                           "a file ending in .csv or .npz, or a directory of class sub-folders")
 
 
-def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of (N, C, H, W) float images to (N, C, size, size)."""
+def resize_images(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (N, C, H, W) float images to (N, C, size, size) (or (N, C, H', W') for a pair)."""
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
-        out = F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear",
-                            align_corners=False)
+        out = F.interpolate(torch.from_numpy(x), size=size if isinstance(size, tuple) else (size, size),
+                            mode="bilinear", align_corners=False)
     return out.numpy().astype(np.float32)
 
 
@@ -88,7 +88,7 @@ def _load_digits(image_size: int) -> RawData:
     bunch = load_digits()
     x = bunch.images.astype(np.float32)[:, None, :, :]  # (N, 1, 8, 8), scikit-learn's 0..16
     if image_size and image_size != x.shape[-1]:
-        x = _resize(x, image_size)
+        x = resize_images(x, image_size)
     labels = np.array([str(int(t)) for t in bunch.target])
     return RawData(x=x, labels=labels, kind="image", source="digits",
                    numeric_labels=bunch.target.astype(np.float64), pixel_scale=16.0, target_name="digit")
@@ -188,7 +188,7 @@ def _load_npz(path: Path, image_size: int, source: str) -> RawData:
         if x.ndim == 3:
             x = x[:, None]
         if image_size and image_size != x.shape[-1]:
-            x = _resize(x, image_size)
+            x = resize_images(x, image_size)
     else:
         raise ModelpressError(f"{source}: 'x' has shape {x.shape}; expected (N, features), "
                               "(N, H, W) or (N, C, H, W)")
@@ -211,9 +211,32 @@ def _pixel_scale(x: np.ndarray, integer_pixels: bool) -> float | None:
     return None
 
 
-def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
+def decode_image(file: Path):
+    """An image file decoded as training reads it: grey ("L") stays grey, anything else becomes RGB.
+    An unreadable file is a ModelpressError naming it."""
     from PIL import Image
 
+    try:
+        with Image.open(file) as im:
+            im.load()
+            return im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L")
+    except Exception as exc:
+        raise ModelpressError(f"cannot read image {file}: {exc}") from None
+
+
+def image_array(im, *, rgb: bool, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded image as float32 (C, H, W) raw pixels (0..255 for 8-bit images, as a client decodes
+    it): RGB when `rgb`, resized bilinearly to `size` (height, width) when given and different."""
+    from PIL import Image
+
+    im = im.convert("RGB") if rgb and im.mode != "RGB" else im
+    if size and (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32)
+    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
+
+
+def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ModelpressError(f"{source} has no class sub-folders; put each class's images "
@@ -223,12 +246,7 @@ def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                with Image.open(file) as im:
-                    im.load()
-                    images.append((file, im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L")))
-            except Exception as exc:
-                raise ModelpressError(f"cannot read image {file}: {exc}") from None
+            images.append((file, decode_image(file)))
             labels.append(class_dir.name)
     if not images:
         raise ModelpressError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -240,11 +258,7 @@ def _load_image_folder(root: Path, image_size: int, source: str) -> RawData:
         raise ModelpressError(f"{source} has images of different sizes ({examples}); set "
                               "image_size to resize them all to one square size")
     for _, im in images:
-        im = im.convert("RGB") if rgb else im
-        if image_size:
-            im = im.resize((image_size, image_size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32)  # 0..255, as a client decodes the image
-        arrays.append(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])
+        arrays.append(image_array(im, rgb=rgb, size=(image_size, image_size) if image_size else None))
     return RawData(x=np.stack(arrays), labels=np.asarray(labels), kind="image", source=source,
                    pixel_scale=255.0, target_name="class folder")
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from modelpress.deploy import card
 from modelpress.export import runtime
 from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path, replace_dir, write_json_atomic
@@ -47,6 +48,15 @@ def latest(repository: str | os.PathLike, name: str) -> Path | None:
     """The newest complete version folder of `name`, or None when nothing is deployed."""
     vs = versions(repository, name)
     return local_path(repository) / name / str(vs[-1]) if vs else None
+
+
+def previous_card(repository: str | os.PathLike, name: str) -> dict | None:
+    """The card of the newest deployed version, whose owner-filled fields the next card keeps."""
+    folder = latest(repository, name)
+    try:
+        return card.read(folder, "json") if folder else None
+    except (ModelpressError, ValueError):  # none, or one edited into invalid JSON: start afresh
+        return None
 
 
 def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int = 64,
@@ -114,7 +124,8 @@ def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: st
            max_batch_size: int = 64, preferred_batch_sizes: tuple[int, ...] = (8, 32),
            max_queue_delay_us: int = 0, instances: int = 1, gpu: bool = False,
            extra_meta: dict | None = None) -> int:
-    """Add `model_dir` (model.onnx + meta.json) as the next version of `name`; return it."""
+    """Add `model_dir` (model.onnx + meta.json [+ decision.json]) as the next version of `name`, with its
+    model card (model_card.json, model_card.md); return the version."""
     from google.protobuf import text_format
 
     check_name(name)
@@ -135,6 +146,9 @@ def deploy(model_dir: str | os.PathLike, repository: str | os.PathLike, name: st
             shutil.copytree(tokenizer, tmp / TOKENIZER_DIR)
         meta = {**runtime.read_meta(model_dir), **(extra_meta or {}), "version": version}
         write_json_atomic(tmp / runtime.META_FILE, meta)
+        # inside the temp folder: a version never appears without its card
+        card.write(tmp, card.build(model_dir, name=name, version=version, meta=meta,
+                                   previous=previous_card(repository, name)))
         config_tmp = folder / f".{CONFIG_FILE}.tmp"
         config_tmp.write_text(text_format.MessageToString(config))
         replace_dir(tmp, folder / str(version))  # fails if that version appeared meanwhile

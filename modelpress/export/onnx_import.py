@@ -17,7 +17,7 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import atomic_dir, local_path, write_json_atomic
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
-from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.dataset import Dataset, lineage, load_dataset
 from modelpress.data.text import is_text_dataset
 from modelpress.evaluation import REGRESSION_SCORES, score_outputs
 from modelpress.export import runtime
@@ -148,7 +148,7 @@ def import_onnx(onnx_path: str, dataset_dir: str, out_dir: str, *, log: Callable
                              "shape": [-1, *ds.feature_shape]},
                    "size_bytes": out.stat().st_size, "imported_from": source,
                    "imported_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                   "normalisation_added": normalised},
+                   "normalisation_added": normalised, "dataset": lineage(ds.schema)},
             detail={"versions": {"onnx": onnx.__version__, "onnxruntime": ort.__version__}})
         write_json_atomic(tmp / runtime.META_FILE, card.file_metadata())
     seconds = time.perf_counter() - t0

@@ -16,6 +16,7 @@ from modelpress.core.fileio import local_path, read_json
 
 ONNX_FILE = "model.onnx"
 META_FILE = "meta.json"
+ORT_SUFFIX = ".ort"  # ONNX Runtime's own (flatbuffer) format: edge export writes it
 # Names of the input normalisation's constants (models.InputNormalised's buffers) in exported graphs.
 NORMALISATION_CONSTANTS = ("mean", "inv_std", "target_mean", "target_std")
 # ONNX Runtime 1.31's CPU SkipLayerNormalization kernel is several times slower than the Add +
@@ -65,20 +66,36 @@ def check_onnx(path: str | os.PathLike) -> None:
         raise ModelpressError(f"{path} fails the ONNX checker: {exc}") from None
 
 
-def session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
-    """An ONNX Runtime session; `threads` fixes intra-op threads (benchmarks must)."""
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: quiet, and with `threads` fixed intra-op threads (benchmarks must)."""
     import onnxruntime as ort
 
-    p = onnx_file(path)
-    load_onnx(p)  # clear message for non-ONNX or truncated files before ORT's own
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    return opts
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session straight from a .onnx or ORT-format (.ort) file, without `session`'s
+    ONNX pre-check: what a deployed runtime does, and what edge export times."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                providers=providers or ["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+def session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session; `threads` fixes intra-op threads (benchmarks must). Takes an
+    ORT-format file (.ort, edge export's) too."""
+    p = onnx_file(path)
+    if p.suffix != ORT_SUFFIX:
+        load_onnx(p)  # clear message for non-ONNX or truncated files before ORT's own
     try:
-        return ort.InferenceSession(str(p), sess_options=opts, providers=providers or ["CPUExecutionProvider"],
-                                    disabled_optimizers=DISABLED_OPTIMIZERS)
+        return open_session(p, threads, providers)
     except Exception as exc:
         raise ModelpressError(f"ONNX Runtime cannot load {p}: {exc}") from None
 

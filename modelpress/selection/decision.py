@@ -7,7 +7,8 @@ a share of the reference (relative); a variant passes when it loses no more than
 
 Selection: among the deployable (ONNX) variants within the tolerance of the baseline (torch
 fp32; with no torch model, an ONNX start, the ONNX fp32 export) and that meet the optional
-p95-latency and size budgets, take the best on the objective (default: lowest p50 latency).
+p95-latency and size budgets, take the best on the objective (default: lowest p50 latency; `edge`:
+the smallest model, for a device, with the p95 budget required).
 Variants within the measured noise of the best are ties, broken by size, then the quality metric.
 
 Blessing (the TFX rule): the chosen model must clear an absolute bar (classification: the
@@ -27,9 +28,13 @@ from modelpress.core.results import Role
 from modelpress.evaluation import QualityMetric, quality_metric
 from modelpress.selection import quality
 from modelpress.selection.quality import fmt, said
+from modelpress.selection.report import UNITS
 
 OBJECTIVES = {"p50": ("latency_ms", "p50", 1), "p95": ("latency_ms", "p95", 1),
-              "size": ("size_bytes", None, 1), "throughput": ("throughput_per_s", None, -1)}
+              "size": ("size_bytes", None, 1), "throughput": ("throughput_per_s", None, -1),
+              # for a device: the smallest model within the quality tolerance and the p95 budget (required)
+              "edge": ("size_bytes", None, 1)}
+GOALS = {"edge": "size within the p95 budget"}  # how the reason names an objective, where not by its key
 UNKNOWN_TASK = (None, "auto")  # config validation before the dataset step has said the task
 
 
@@ -60,6 +65,9 @@ class Policy:
                                   f"got {self.tolerance}")
         if self.objective not in OBJECTIVES:
             raise ModelpressError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "edge" and not self.p95_budget_ms > 0:
+            raise ModelpressError("objective 'edge' is the smallest model within a latency budget: set p95_budget_ms "
+                                  "> 0 (the most p95 batch-1 ms the device allows), or use objective 'size'")
         if not 0 <= self.accuracy_floor <= 1:
             raise ModelpressError(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor}")
         if not math.isfinite(self.rmse_ceiling) or self.rmse_ceiling < 0:
@@ -104,9 +112,6 @@ class Policy:
         if value > self.rmse_ceiling:
             return False, f"{score} is above the ceiling {ceiling}"
         return True, f"{score} is within the ceiling {ceiling}"
-
-
-UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}
 
 
 def instability(row: dict | None) -> str:
@@ -192,15 +197,16 @@ def select(results: dict, policy: Policy) -> dict:
     def figure(t):  # "0.0233 ms" plus the instability, if any, next to the figure itself
         return f"{t['objective_value']:.4g} {UNITS[policy.objective]}{instability(rows_by_name[t['name']])}"
 
+    goal = GOALS.get(policy.objective, policy.objective)
     if chosen is best:
-        why = (f"{chosen['name']} has the best {policy.objective} ({figure(chosen)}) among "
+        why = (f"{chosen['name']} has the best {goal} ({figure(chosen)}) among "
                f"{len(eligible)} variant(s) meeting {bar_text}")
         if len(ties) > 1:
             why += (f"; {', '.join(t['name'] for t in ties if t is not chosen)} within the measured noise "
                     f"({noise:.0%}) of it, but not smaller")
     else:
         why = (f"a tie within the measured noise ({noise:.0%}), won by size, then {metric.label}: {best['name']} "
-               f"measured the best {policy.objective} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is "
+               f"measured the best {goal} ({figure(best)}), {chosen['name']} ({figure(chosen)}) is "
                "within the noise "
                + (f"and smaller ({chosen['size_bytes'] / 1e3:,.1f} kB vs {best['size_bytes'] / 1e3:,.1f} kB); "
                   if chosen["size_bytes"] < best["size_bytes"] else
@@ -296,7 +302,10 @@ def write_decision(results_path: str, policy: Policy, chosen_dir: str, report_pa
                     shutil.copy2(f, tmp / f.name)
                 elif f.is_dir():  # a text model's tokenizer/: it is served with its own
                     shutil.copytree(f, tmp / f.name)
-        write_json_atomic(tmp / "decision.json", {**out, "chosen_row": None})
+        # the chosen row's figures and the machine they were measured on travel with the model (its card)
+        chosen_row = {k: v for k, v in row.items() if k not in ("path", "file")} if row else None
+        write_json_atomic(tmp / "decision.json", {**out, "chosen_row": chosen_row, "machine": results.get("machine"),
+                                                  "dataset": results.get("dataset")})
     with open(report_path, "w") as f:
         f.write(report.render_html(results, decision, blessing, title="modelpress: optimisation report"))
     with open(table_path, "w") as f:

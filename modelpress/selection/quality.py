@@ -100,14 +100,16 @@ def highlights(results: dict, chosen: str | None) -> dict:
 
 def summary_lines(res: dict) -> list[str]:
     """The chosen variant's quality metric beside the baseline's ("RMSE 53.9 (baseline 54.4)"),
-    and, with no torch model, that the run started from ONNX."""
+    with no torch model, that the run started from ONNX, and the edge export's figures if it ran."""
+    from modelpress.selection.edge_benchmark import summary_lines as edge_lines  # it imports this module
+
     q, lines = res.get("quality") or {}, []
     if q.get("chosen") is not None:
         base = f" (baseline {fmt(q['name'], q['baseline'], trim=True)})" if q.get("baseline") is not None else ""
         lines.append(f"  {said(q['name'], q['chosen'])}{base}")
     if res.get("torch_baseline") is False:
         lines.append(f"  {NO_TORCH}: the ONNX fp32 export is the baseline, no ratios vs torch")
-    return lines
+    return lines + edge_lines(res.get("edge"))
 
 
 def delta_text(ratios: dict, key: str) -> str:

@@ -15,7 +15,8 @@ from modelpress.selection import quality, report_plots
 from modelpress.selection.report_plots import pareto_front  # noqa: F401  (public here since before the split)
 
 KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx")  # the ones that decide int8/bf16 kernels
-UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s"}  # selection.OBJECTIVES' units
+UNITS = {"p50": "ms", "p95": "ms", "size": "bytes", "throughput": "rows/s",  # selection.OBJECTIVES' units
+         "edge": "bytes"}
 STABLE_WINDOWS = 3  # benchmarking.measure_windows pools, and judges stability on, 3 consecutive windows
 UNSTABLE_NOTE = ("unstable: the measurement windows did not settle (the last 3 windows' p50 latency and "
                  "throughput did not agree within the stability tolerance), so this latency is indicative only; "

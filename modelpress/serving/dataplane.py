@@ -103,6 +103,19 @@ class DataPlane:
         """The version's config.pbtxt as its protobuf message (tritonclient's ModelConfig)."""
         return self.model(name, version).config
 
+    def model_card(self, name: str, version: str | None = None, fmt: str = "markdown") -> str | dict:
+        """The version's model card (None or "": the latest loaded): Markdown text, or (fmt "json") the
+        dict; 404 for an unknown model or version, or a version deployed without a card."""
+        from modelpress.core.errors import ModelpressError
+        from modelpress.deploy import card
+
+        folder = self.store.version_folder(name, version)
+        try:
+            return card.read(folder, fmt)
+        except ModelpressError:
+            raise ClientError(f"model {name} version {folder.name} has no model card: it was deployed before model "
+                              "cards or by hand; deploy it again to write one", status=404) from None
+
     def statistics(self, name: str | None = None, version: str | None = None) -> dict:
         """Triton's statistics: of one version, every loaded version of a model, or (no name) all."""
         if version:

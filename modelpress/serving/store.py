@@ -196,6 +196,20 @@ class ModelStore:
     def versions(self, name: str) -> list[int]:
         return sorted(self.models[name].versions)
 
+    def version_folder(self, name: str, version: str | None = None) -> Path:
+        """The folder of a served model's version (None or "": the latest loaded), loaded or not: a
+        card or meta.json is read from disk. The version is matched against the numbers the
+        repository lists, never joined into a path as sent."""
+        mv = self.get(name, None)  # an unknown model is a 404 here
+        if version in (None, ""):
+            number = mv.version
+        elif _VERSION.match(version) and int(version) in repo.versions(self.root, mv.name):
+            number = int(version)
+        else:
+            raise ClientError(f"model {name!r} has no version {version!r}; deployed: "
+                              f"{[str(v) for v in repo.versions(self.root, mv.name)]}", status=404)
+        return self.root / mv.name / str(number)
+
     def all_versions(self) -> list[ModelVersion]:
         return [v for m in list(self.models.values()) for v in list(m.versions.values())]
 

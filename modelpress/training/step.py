@@ -15,7 +15,7 @@ from modelpress.core.errors import ModelpressError
 from modelpress.core.fileio import local_path
 from modelpress.core.results import ModelCard, StepResult
 from modelpress.core.timing import timed
-from modelpress.data.dataset import Dataset, load_dataset
+from modelpress.data.dataset import Dataset, lineage, load_dataset
 from modelpress.data.text import is_text_dataset
 from modelpress.evaluation import REGRESSION_SCORES
 from modelpress.evaluation.torch_scoring import evaluate
@@ -75,7 +75,7 @@ def finish(model: nn.Module, spec: dict, ds: Dataset, settings: TrainSettings, f
                      params=params, flops=fwd, input_shape=list(ds.feature_shape), **card_scores,
                      extra={k: v for k, v in start.items() if k in ("start", "weights", "weights_sha256")})
     models.save_model(model, spec, out_dir, extra={"train_settings": asdict(settings), "class_names": ds.class_names,
-                                                   "task": ds.task, **start})
+                                                   "task": ds.task, "dataset": lineage(ds.schema), **start})
     metrics = {**test_metrics, "params": params, "forward_flops_per_example": int(fwd)}
     if fitted:
         compute = flops_mod.training_compute(fwd, fitted["examples_per_epoch"], fitted["epochs_run"],

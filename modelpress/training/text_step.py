@@ -11,6 +11,7 @@ from typing import Callable
 
 from modelpress.core.errors import ModelpressError
 from modelpress.core.results import ModelCard, StepResult
+from modelpress.data.dataset import lineage
 from modelpress.data.text import TextDataset, load_text_dataset
 from modelpress.data.tokenizer import find_tokenizer_file
 from modelpress.models import text as text_models
@@ -102,7 +103,7 @@ def train_text_step(dataset_dir: str, out_dir: str, *, architecture: str, model_
     start = {"start": kind, "replace_head": bool(replace_head), "head": head}
     spec = text_models.save_text_model(model, ds.tokenizer_dir, out_dir, {
         **info, "class_names": ds.class_names, "max_length": ds.max_length, "train_settings": asdict(settings),
-        "task": "classification", **start})
+        "task": "classification", "dataset": lineage(ds.schema), **start})
     card = text_card(model, ds, spec, test["accuracy"], {"start": kind})
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "params": card.params,
                "forward_flops_per_example": card.flops, "epochs_run": fitted["scores"]["epochs_run"] if fitted else 0}

@@ -5,8 +5,8 @@ One module per target holds what differs (`local.py`, `vertex.py`); each provide
 - ``CONFIG_KEYS``: the top-level keys of configs/<target>.yaml;
 - ``from_config(data, path, image_tag)``: the Target and the run settings that file describes;
 - ``configure(target, task)``: per-task settings beyond the image and caching every task gets;
-- ``train(target, dataset, **hyperparameters)`` and ``deploy(target, model, repository, model_name)``:
-  the steps a pipeline factory leaves to the target;
+- ``train(target, dataset, **hyperparameters)``, ``deploy(target, model, repository, model_name)`` and
+  ``batch_predict(target, **parameters)``: the steps a pipeline factory leaves to the target;
 - ``path_parameter(key, value, must_exist=...)``: what a local path given as a parameter becomes.
 
 A Target is frozen and hashable, so that what is built from it (pipelines, their signatures,
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from modelpress.deploy.vertex import Serving
+    from modelpress.deploy.vertex.batch_job import BatchPrediction
     from modelpress.deploy.vertex.ray_cluster import RayCluster
     from pipelines.targets.vertex import TrainingJob
 
@@ -50,6 +51,7 @@ class Target:
     serving: Serving | None = None
     training_job: TrainingJob | None = None
     ray: RayCluster | None = None  # the Ray on Vertex cluster when training_job.engine is ray
+    batch_prediction: BatchPrediction | None = None  # the batch prediction job's machines and formats
 
     def __post_init__(self):
         module(self.name)  # refuses an unknown name
@@ -71,6 +73,10 @@ class Target:
     def deploy(self, model, repository, model_name):
         """Deploy a blessed model: the next version of a local model repository, or a Vertex endpoint."""
         return self.kind.deploy(self, model, repository, model_name)
+
+    def batch_predict(self, **parameters):
+        """Score a source offline: the batch-predict step locally, a batch prediction job on Vertex."""
+        return self.kind.batch_predict(self, **parameters)
 
     @property
     def tunes_serving(self) -> bool:

@@ -30,7 +30,7 @@ def path_parameter(key: str, value: str, *, must_exist: bool) -> str:
     if must_exist and not path.exists():
         builtin = ", ".join(repr(s) for s in BUILTIN_SOURCES)
         raise ModelpressError(f"{key}={value!r}: {path} does not exist; give {builtin}, an existing "
-                              ".csv/.npz file or an image folder")
+                              ".csv/.jsonl/.npz file or an image folder")
     return str(path)
 
 
@@ -44,3 +44,10 @@ def deploy(target: Target, model, repository, model_name):
     from components.deploy_local import deploy_local
 
     return target.apply(deploy_local(model=model, repository=repository, model_name=model_name), cache=False)
+
+
+def batch_predict(target: Target, **parameters):
+    from components.batch_predict import batch_predict as batch_predict_component
+
+    # never cached: the source's contents and the champion change under the same parameters
+    return target.apply(batch_predict_component(**parameters), cache=False)

@@ -3,6 +3,7 @@
 - Every task gets CPU and memory limits (compiled into the YAML).
 - Training runs distributed-train as a Vertex custom job over worker pools (`distributed:`).
 - The deploy step uploads to the Model Registry and deploys to an endpoint (`serving:`).
+- Batch prediction is a Vertex AI batch prediction job over the registered model (`batch_prediction:`).
 - Images are immutable: a literal GIT_SHA in an image is replaced by the image tag
   (`--image-tag`, else `git rev-parse --short HEAD` of this checkout, the tag
   `make images TAG=$(git rev-parse --short HEAD)` pushed); `:latest` and untagged images are refused.
@@ -20,12 +21,13 @@ from pathlib import Path
 
 from modelpress.core.errors import ModelpressError
 from modelpress.deploy.vertex import GIT_SHA, Serving, check_accelerator, resolve_image
+from modelpress.deploy.vertex.batch_job import BatchPrediction
 from modelpress.deploy.vertex.ray_cluster import RayCluster
 from pipelines.config import ROOT, block
 from pipelines.targets import Target
 
 CONFIG_KEYS = {"image", "pipeline_root", "parameters", "project", "region", "service_account",
-               "labels", "enable_caching", "distributed", "serving", "ray"}
+               "labels", "enable_caching", "distributed", "serving", "ray", "batch_prediction"}
 REQUIRED = ("image", "pipeline_root", "project", "region", "service_account")
 
 
@@ -96,6 +98,7 @@ def from_config(data: dict, path: Path, image_tag: str | None = None) -> dict:
         region=data["region"], service_account=data["service_account"], labels=tuple(sorted(labels.items())),
         serving=block(Serving, serving, f"{where} serving") if data.get("serving") else None,
         training_job=training_job, ray=block(RayCluster, ray, f"{where} ray") if ray else None,
+        batch_prediction=block(BatchPrediction, dict(data.get("batch_prediction") or {}), f"{where} batch_prediction"),
     )
     return dict(target=target, pipeline_root=data["pipeline_root"], labels=labels, enable_caching=caching,
                 image_tag=image_tag)
@@ -169,6 +172,33 @@ def deploy(target: Target, model, repository, model_name):
         min_replica_count=s.min_replica_count, max_replica_count=s.max_replica_count,
         canary_traffic_percent=s.canary_traffic_percent, accelerator_type=s.accelerator_type,
         accelerator_count=s.accelerator_count, labels=dict(target.labels)), cache=False)
+
+
+def batch_predict(target: Target, *, source, key_column, version, batch_size, **local_only):
+    """The registered model (version 0: the champion) scored by a Vertex AI batch prediction job:
+    Vertex runs the serve image on its own machines and posts the instances to its predict route.
+    `local_only` (columns, formats, threads, chunks, an ONNX folder) is for the local step;
+    submit.py refuses values of them that mean something else here (batch_job.check_parameters)."""
+    from google_cloud_pipeline_components.v1.batch_predict_job import ModelBatchPredictOp
+    from kfp import dsl
+
+    from components.vertex_model import vertex_model
+
+    # a config without a fitting serving block still builds (settings read every pipeline's signature);
+    # submitting batch_prediction with it is refused (batch_job.check_parameters)
+    job, display_name = target.batch_prediction or BatchPrediction(), getattr(target.serving, "model_display_name", "")
+    model = target.apply(vertex_model(project=target.project, location=target.region,
+                                      model_display_name=display_name, version=version), cache=False)
+    extra = {"accelerator_type": job.accelerator_type, "accelerator_count": job.accelerator_count} \
+        if job.accelerator_type else {}
+    return ModelBatchPredictOp(
+        project=target.project, location=target.region, job_display_name=f"{display_name or 'modelpress'}-batch",
+        model=model.outputs["model"], gcs_source_uris=[source], instances_format=job.instances_format,
+        instance_type="object", key_field=key_column, predictions_format=job.predictions_format,
+        gcs_destination_output_uri_prefix=f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/batch-predictions",
+        machine_type=job.machine_type, starting_replica_count=job.starting_replica_count,
+        max_replica_count=job.max_replica_count, manual_batch_tuning_parameters_batch_size=batch_size,
+        service_account=target.service_account, labels=dict(target.labels), **extra).set_caching_options(False)
 
 
 @functools.lru_cache(maxsize=None)

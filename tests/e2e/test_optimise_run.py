@@ -85,6 +85,8 @@ def test_optimise_deploys_then_gates_a_worse_challenger(tmp_path):
     assert result["selected_variant"] and result["ratios"]["speedup_p50_vs_torch"] > 1
     assert repository.versions(tmp_path / "repo", "digits") == [1]
     assert repository.read_config(tmp_path / "repo", "digits").max_batch_size == 64
+    card = (tmp_path / "repo" / "digits" / "1" / "model_card.md").read_text()  # the version's model card
+    assert f"- **Variant:** {result['selected_variant']}" in card and "- **Blessing:** **blessed**" in card
     bench = json.loads(Path(tasks["benchmark"]["artifacts"]["results"]).read_text())
     names = {r["name"] for r in bench["variants"]}
     assert {"torch eager fp32", "onnx fp32", "pruned fp32", "student fp32", "static-int8",

@@ -16,7 +16,9 @@ from modelpress.deploy import repository
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in ("serving", "vertex", "text", "training",
-                                                                            "development"))]
+                                                                            "development", "edge", "model-cards",
+                                                                            "batch"))]  # batch after vertex's
+# retraining block, which deploys the digits model it scores
 
 # A block whose first line starts with one of these is not run here: why, and what tests it.
 NOT_HERE = {
@@ -28,6 +30,10 @@ NOT_HERE = {
     "gcloud storage cp": "uploads to Cloud Storage; tests/pipelines/test_submit.py sends submissions to fakes",
     "git commit": "commits your work, then pushes images (Docker)",
     "make serve": "run below as the command it stands for, on a free port",
+    ".venv/bin/python pipelines/run_local.py optimise --set edge_export": "a 2.5-minute optimise run; "
+        "tests/components/test_export_edge.py runs the export-edge step in kfp.local",
+    "curl -s localhost:8000/v2/models/digits/card": "tests/serving/test_model_card_route.py asks a real server "
+                                                    "for cards the same three ways",
     "make mirror-triton": "pulls from NVIDIA's registry and pushes to yours (Docker); tests/test_containers.py "
                           "checks the commands it runs",
     "make bench-serving-peers": "minutes of measurement in its own venv; tests/test_benchmark_peers.py checks the "

@@ -105,3 +105,17 @@ def test_the_reason_says_what_happened_with_units_and_instability():
     assert "c has the best p50 (0.05 ms (unstable, spread 60 %))" in why
     ratios = decision.ratios(results(shaky), "c")
     assert ratios["stable_vs_torch"] == 0.0  # a speed-up resting on it is not a headline
+
+
+def test_the_edge_objective_takes_the_smallest_within_tolerance_and_the_latency_budget():
+    r = results(row("fast", 0.98, 0.1, 2000, p95=0.12), row("small", 0.975, 0.3, 300, p95=0.4),
+                row("tiny but slow", 0.98, 2.0, 100, p95=2.5), row("tiny but wrong", 0.90, 0.1, 50))
+    d = decision.select(r, decision.Policy(objective="edge", p95_budget_ms=1.0))
+    assert d["chosen"] == "small"  # "tiny but slow" misses the budget, "tiny but wrong" the accuracy bar
+    assert "has the best size within the p95 budget (300 bytes)" in d["reason"]
+    slow = next(t for t in d["table"] if t["name"] == "tiny but slow")
+    assert slow["checks"]["p95_budget"] is False
+    # with the budget loosened, the smallest eligible model wins
+    assert decision.select(r, decision.Policy(objective="edge", p95_budget_ms=5.0))["chosen"] == "tiny but slow"
+    with pytest.raises(ModelpressError, match="objective 'edge'.*set p95_budget_ms > 0"):
+        decision.Policy(objective="edge").validate()

@@ -29,9 +29,10 @@ def test_every_pipeline_and_target_compiles_and_loads_back(compiled):
     assert {(p.parent.name, p.stem) for p in written} == {(t, n) for t in TARGETS for n in PIPELINES}
     for path in written:
         spec = yaml.safe_load(path.read_text())
-        assert spec["pipelineInfo"]["name"] == path.stem
+        kfp_name = path.stem.replace("_", "-")  # KFP writes batch_prediction as batch-prediction
+        assert spec["pipelineInfo"]["name"] == kfp_name
         loaded = components.load_component_from_file(str(path))
-        assert loaded.name == path.stem
+        assert loaded.name == kfp_name
 
 
 def test_images_and_resources_follow_the_target(compiled):

@@ -84,3 +84,11 @@ def test_built_in_names_are_not_paths():
     params = settings.load("local").pipeline_parameters("retraining", {"warm_start": CHAMPION,
                                                                        "source": BUILTIN_SOURCES[0]})
     assert (params["warm_start"], params["source"]) == (CHAMPION, BUILTIN_SOURCES[0])
+
+
+def test_the_edge_objective_and_platform_are_checked_before_running():
+    config.validate_values({"objective": "edge", "p95_budget_ms": 2.0, "edge_target_platform": "arm"})
+    with pytest.raises(ModelpressError, match="objective 'edge'.*p95_budget_ms"):
+        config.validate_values({"objective": "edge"})
+    with pytest.raises(ModelpressError, match="edge_target_platform must be one of"):
+        config.validate_values({"edge_target_platform": "x86"})

@@ -233,12 +233,19 @@ def test_dry_run_needs_no_credentials_and_prints_what_a_real_run_sends(fake_vert
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the shipped schedules file still names the example bucket: its own key is reported
-    (warning,) = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert warning.startswith("warning: configs/schedules.yaml modelpress-retraining-weekly parameters.source = "
-                              "'gs://my-bucket/datasets/digits-latest.npz'")
-    methods = [r["method"] for r in json.loads(proc.stdout)]
-    assert methods == ["ScheduleService.ListSchedules", "ScheduleService.CreateSchedule",
-                       "ScheduleService.UpdateSchedule"]
+    weekly, nightly = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert weekly.startswith("warning: configs/schedules.yaml modelpress-retraining-weekly parameters.source = "
+                             "'gs://my-bucket/datasets/digits-latest.npz'")
+    assert nightly.startswith("warning: configs/schedules.yaml modelpress-scoring-nightly parameters.source = "
+                              "'gs://my-bucket/scoring/tonight.jsonl'")
+    planned = json.loads(proc.stdout)
+    assert [r["method"] for r in planned] == 2 * ["ScheduleService.ListSchedules", "ScheduleService.CreateSchedule",
+                                                  "ScheduleService.UpdateSchedule"]
+    # the nightly scoring schedule runs the batch prediction job over the registered champion
+    scoring = planned[4]["request"]["schedule"]
+    assert scoring["cron"] == "TZ=Europe/Brussels 0 2 * * *"
+    tasks = scoring["create_pipeline_job_request"]["pipeline_job"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert set(tasks) == {"vertex-model", "model-batch-predict"}
 
 
 def _warnings(err: str) -> list[str]:
@@ -286,7 +293,8 @@ def test_dry_run_with_every_placeholder_replaced_warns_nothing(tmp_path, capsys)
     (["training"], SHIPPED, ["project, pipeline_root, service_account, image", "parameters.training.source"]),
     (["retraining", "--schedule", "TZ=UTC 0 3 * * 1"], SHIPPED, ["parameters.retraining.repository"]),
     (["--schedules", str(ROOT / "configs" / "schedules.yaml")], None,
-     ["in configs/schedules.yaml modelpress-retraining-weekly parameters.source:"]),
+     ["in configs/schedules.yaml modelpress-retraining-weekly parameters.source, ",
+      "configs/schedules.yaml modelpress-scoring-nightly parameters.source:"]),
 ])
 def test_a_real_submission_with_placeholders_fails_before_any_google_call(fake_vertex, tmp_path, capsys,
                                                                           monkeypatch, args, config, named):

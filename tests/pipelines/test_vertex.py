@@ -4,6 +4,7 @@ Google Cloud is replaced by in-memory Model and Endpoint services patched onto t
 clients; everything else (the component, the library, the protos it builds) is real.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -224,7 +225,15 @@ def test_first_deploy_uploads_a_new_model_and_creates_the_endpoint(fake_vertex, 
     assert model.container_spec.image_uri == "europe-west4-docker.pkg.dev/my-project/modelpress/serve:abc1234"
     assert (model.container_spec.predict_route, model.container_spec.health_route) == ("/predict", "/health")
     assert [p.container_port for p in model.container_spec.ports] == [8080]
-    assert dict(model.labels) == {"team": "ml"}
+    # the configured labels over the model card's; the version's description: the card's summary, then the card
+    accuracy = json.loads((gcs / "bucket/run1/deploy-vertex/served/digits/1/meta.json").read_text())["accuracy"]
+    assert dict(model.labels) == {"team": "ml", "variant": "static-int8", "task": "classification",
+                                  "precision": "fp32", "accuracy_pct": str(int(accuracy * 100))}
+    text, card_md = model.version_description, "gs://bucket/run1/deploy-vertex/served/digits/1/model_card.md"
+    assert text.startswith("digits: static-int8 (fp32 mlp), classification on digits") and len(text) <= 2000
+    assert f"Test: Accuracy {accuracy:.4g}" in text and "Lineage: train -> export-onnx" in text
+    assert text.endswith(f"Full card: {card_md}") and (gcs / card_md[5:]).is_file()
+    assert model.description == "modelpress digits: static-int8"
     # what Vertex copies to AIP_STORAGE_URI: a one-model Triton repository
     assert repository.versions(served.path, "digits") == [1]
     assert repository.read_config(served.path, "digits").name == "digits"
@@ -232,6 +241,7 @@ def test_first_deploy_uploads_a_new_model_and_creates_the_endpoint(fake_vertex, 
     assert (list_models.parent, list_models.filter) == (PARENT, 'display_name="modelpress-digits"')
     (create,) = fake_vertex.requests("create_endpoint")
     assert create.parent == PARENT and create.endpoint.display_name == "digits-endpoint"
+    assert dict(create.endpoint.labels) == {"team": "ml"}  # the endpoint outlives versions: no card labels
     (deploy,) = fake_vertex.requests("deploy_model")
     endpoint_name = next(iter(fake_vertex.endpoints))
     model_name = next(iter(fake_vertex.models))

@@ -33,7 +33,9 @@ def test_triton_upload_runs_tritonserver_over_the_same_repository(fake_vertex, g
     assert (spec.predict_route, spec.health_route) == ("", "")
     assert upload.model.artifact_uri == served.uri == "gs://bucket/run1/deploy-vertex/served"
     assert list(upload.model.version_aliases) == ["champion", "default"]
-    assert dict(upload.model.labels) == {"team": "ml"}
+    assert dict(upload.model.labels)["team"] == "ml" and dict(upload.model.labels)["variant"] == "static-int8"
+    card_md = "gs://bucket/run1/deploy-vertex/served/digits/1/model_card.md"
+    assert upload.model.version_description.endswith(f"Full card: {card_md}")  # Triton ignores the card file
     # the Triton layout, unchanged: <model>/config.pbtxt naming the ONNX Runtime platform, <version>/model.onnx
     config = repository.read_config(served.path, "digits")
     assert (config.name, config.platform, config.backend) == ("digits", "onnxruntime_onnx", "onnxruntime")
@@ -44,6 +46,12 @@ def test_triton_upload_runs_tritonserver_over_the_same_repository(fake_vertex, g
     assert deploy.deployed_model.dedicated_resources.machine_spec.machine_type == "n1-standard-4"
     # the champion is recorded as with the modelpress container
     assert repository.versions(gcs / "bucket/modelpress/model_repository", "digits") == [1]
+
+
+def test_configured_labels_win_over_the_model_cards(fake_vertex, gcs, mlp_onnx_dir):
+    _deploy(mlp_onnx_dir, gcs, "run1", labels={"team": "ml", "variant": "my-own"})
+    labels = dict(fake_vertex.requests("upload_model")[0].model.labels)
+    assert (labels["variant"], labels["team"], labels["task"]) == ("my-own", "ml", "classification")
 
 
 def test_triton_with_a_gpu_places_its_instances_on_the_gpu(fake_vertex, gcs, mlp_onnx_dir):

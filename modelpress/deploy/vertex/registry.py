@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +17,11 @@ HEALTH_ROUTE = "/health"
 CHAMPION_ALIAS = "champion"
 NEW_MODEL = "0"  # the deploy request's traffic_split key for the model being deployed
 OPERATION_TIMEOUT_S = 3600  # a first endpoint deploy takes 15-30 minutes
+# Vertex documents no length limit for Model.versionDescription; the card's summary stays short
+# enough to read whole in the console, and ends with where the full card is.
+VERSION_DESCRIPTION_LIMIT = 2000
+LABEL_MAX = 63  # Google Cloud labels: keys and values of at most 63 lowercase [a-z0-9_-], keys start a-z
+_NOT_LABEL = re.compile(r"[^a-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -99,16 +105,36 @@ def container_spec(serving: Serving, model_name: str):
                                     health_route=HEALTH_ROUTE, ports=ports)
 
 
+def label_value(text) -> str:
+    """`text` as a Google Cloud label value: lowercase, [a-z0-9_-] (others become '_'), at most 63."""
+    return _NOT_LABEL.sub("_", str(text).lower())[:LABEL_MAX]
+
+
+def card_labels(card: dict) -> dict[str, str]:
+    """Labels from a model card, to find versions in the Model Registry by: variant, task, precision,
+    blessed, and the test quality in whole percent (accuracy_pct for classification, r2_pct for regression)."""
+    details, params, q = card["model_details"], card["model_parameters"], card["quantitative_analysis"]
+    labels = {"variant": details.get("variant"), "task": params["data"].get("task"),
+              "precision": params.get("precision"), "blessed": card["blessing"].get("blessed")}
+    for m in q["performance_metrics"]:
+        if m["type"] in ("accuracy", "r2") and m["value"] is not None:
+            labels[f"{m['type']}_pct"] = int(m["value"] * 100 // 1)  # a bucket: 0.978 is "97"
+    return {k: label_value(v) for k, v in labels.items() if v is not None}
+
+
 def upload_request(artifact_uri: str, serving: Serving, *, project: str, location: str, parent_model: str = "",
-                   labels: dict | None = None, description: str = "", model_name: str = ""):
-    """A new model (or a new version under `parent_model`), aliased champion and made the default."""
+                   labels: dict | None = None, description: str = "", model_name: str = "",
+                   version_description: str = ""):
+    """A new model (or a new version under `parent_model`), aliased champion and made the default;
+    `version_description` describes this version alone (the model card's summary)."""
     from google.cloud.aiplatform_v1 import types
 
     container = container_spec(serving, model_name)
     # "default" is the alias that makes a version the default one (is_default_version).
     model = types.Model(display_name=serving.model_display_name, artifact_uri=artifact_uri,
                         container_spec=container, version_aliases=[CHAMPION_ALIAS, "default"],
-                        labels=dict(labels or {}), description=description)
+                        labels=dict(labels or {}), description=description,
+                        version_description=version_description)
     return types.UploadModelRequest(parent=location_parent(project, location), parent_model=parent_model,
                                     model=model)
 
@@ -129,11 +155,13 @@ def deploy_request(endpoint: str, model_version: str, serving: Serving, split: d
 
 def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, labels: dict | None = None,
            description: str = "", model_name: str = "", credentials=None, log: Callable[[str], None] = print,
-           timeout: float = OPERATION_TIMEOUT_S) -> dict:
+           timeout: float = OPERATION_TIMEOUT_S, version_description: str = "",
+           model_labels: dict | None = None) -> dict:
     """Upload `artifact_uri` (a Triton-layout repository) to the Model Registry and deploy it.
 
     A model with the configured display name gets a new version (aliased champion, the
-    default); the endpoint is found by display name or created. The new version takes
+    default) with `labels` over `model_labels` (the version's own, e.g. from its card; a new endpoint
+    gets `labels` only); the endpoint is found by display name or created. The new version takes
     `canary_traffic_percent` of the traffic, the previously deployed model the rest; older
     models are undeployed, so their replicas stop costing money.
     """
@@ -147,8 +175,9 @@ def deploy(artifact_uri: str, serving: Serving, *, project: str, location: str, 
     existing = one_by_display_name(list(models.list_models(
         request=types.ListModelsRequest(parent=parent, filter=model_filter))), "model", serving.model_display_name)
     request = upload_request(artifact_uri, serving, project=project, location=location,
-                             parent_model=existing.name if existing else "", labels=labels, description=description,
-                             model_name=model_name)
+                             parent_model=existing.name if existing else "",
+                             labels={**(model_labels or {}), **(labels or {})}, description=description,
+                             model_name=model_name, version_description=version_description)
     uploaded = models.upload_model(request=request).result(timeout=timeout)
     version = f"{uploaded.model}@{uploaded.model_version_id}"
     log(f"[deploy-vertex] uploaded {artifact_uri} as {version}"
@@ -185,7 +214,8 @@ def publish(model_dir: str, served_dir: str, served_uri: str, serving: Serving, 
     """The deploy-vertex step: write the one-model repository Vertex serves (`served_dir`, whose
     gs:// URI is `served_uri`), upload and deploy it, then record the version in `repository`
     (where later runs read the champion) only once the deploy succeeded."""
-    from modelpress.deploy import repository as repo
+    from modelpress.deploy import card, repository as repo
+    from modelpress.deploy.card_markdown import summary
     from modelpress.export import runtime
 
     meta = {"variant": variant}
@@ -194,9 +224,15 @@ def publish(model_dir: str, served_dir: str, served_uri: str, serving: Serving, 
         log("[deploy-vertex] note: Triton serves the text model's ONNX inputs (token ids); only modelpress serve "
             "takes raw strings and tokenises them")
     # Triton places instances by kind; modelpress serve picks its device from the machine.
-    repo.deploy(model_dir, served_dir, model_name, extra_meta=meta, gpu=triton and bool(serving.accelerator_type))
+    served = repo.deploy(model_dir, served_dir, model_name, extra_meta=meta,
+                         gpu=triton and bool(serving.accelerator_type))
+    # the registry shows the card's summary and labels; the whole card travels in the artifact
+    the_card = card.read(f"{served_dir}/{model_name}/{served}", "json")
+    pointer = f"{served_uri.rstrip('/')}/{model_name}/{served}/{card.CARD_MD}"
     result = deploy(served_uri, serving, project=project, location=location, labels=labels,
-                    description=f"modelpress {model_name}: {variant or 'model'}", model_name=model_name, log=log)
+                    description=f"modelpress {model_name}: {variant or 'model'}", model_name=model_name, log=log,
+                    version_description=summary(the_card, VERSION_DESCRIPTION_LIMIT, pointer),
+                    model_labels=card_labels(the_card))
     if repository:
         version = repo.deploy(model_dir, repository, model_name, extra_meta={**meta, **result})
         log(f"[deploy-vertex] champion recorded as {repository}/{model_name}/{version}")

@@ -13,10 +13,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelpress.serving.dataplane import DataPlane
+from modelpress.serving.errors import ClientError
 from modelpress.serving.protocol import BINARY_HEADER, encode_infer, parse_infer
 from modelpress.serving.rest.messages import error_response, json_response, read_body
 from modelpress.serving.store import ModelVersion
 
+CARD_FORMATS = {"json": "json", "markdown": "markdown", "md": "markdown"}
 _INT64_FIELDS = {"dims", "max_queue_delay_microseconds", "versions", "default_queue_policy_timeout_microseconds"}
 
 
@@ -28,6 +30,16 @@ def _ints(doc):
     if isinstance(doc, list):
         return [_ints(x) for x in doc]
     return doc
+
+
+def card_format(request: Request) -> str:
+    """`?format=json|markdown` wins; else JSON when the client accepts application/json; else Markdown."""
+    asked = request.query_params.get("format")
+    if asked is not None:
+        if asked.lower() not in CARD_FORMATS:
+            raise ClientError(f"format must be json or markdown, got {asked!r}")
+        return CARD_FORMATS[asked.lower()]
+    return "json" if "application/json" in request.headers.get("accept", "") else "markdown"
 
 
 def _named(request: Request) -> tuple[str | None, str | None]:
@@ -74,6 +86,13 @@ class V2Routes:
     async def model_stats(self, request):
         return json_response(self.plane.statistics(*_named(request)))
 
+    async def model_card(self, request):
+        fmt = card_format(request)
+        card = self.plane.model_card(*_named(request), fmt=fmt)
+        if fmt == "json":
+            return json_response(card, headers={"Vary": "Accept"})
+        return Response(card, media_type="text/markdown; charset=utf-8", headers={"Vary": "Accept"})
+
     async def repository_index(self, request):
         return json_response(self.plane.repository_index())
 
@@ -93,5 +112,6 @@ class V2Routes:
         for prefix in ("/v2/models/{model}/versions/{version}", "/v2/models/{model}"):
             routes += [Route(prefix, self.model_metadata), Route(prefix + "/ready", self.model_ready),
                        Route(prefix + "/config", self.model_config), Route(prefix + "/stats", self.model_stats),
+                       Route(prefix + "/card", self.model_card),
                        Route(prefix + "/infer", self.infer, methods=["POST"])]
         return routes
