@@ -83,6 +83,8 @@ def _skipped(tasks, name):
     return any((Path(p) / "skipped.json").exists() for p in tasks[name]["artifacts"].values())
 
 
+# slow: ~45 s of kfp.local; tests/library/test_starts.py exports torchvision models and loads state dicts
+@pytest.mark.slow
 def test_torchvision_state_dict_taken_as_it_is_and_only_quantised(tmp_path, digits_dir):
     # the user's checkpoint: a torchvision ResNet-18 trained on 3-channel 12x12 digits, saved the usual way
     ds_dir = tmp_path / "ds"
@@ -196,6 +198,8 @@ def test_onnx_file_as_the_start(tmp_path, digits_dir):
     assert params["onnx_model"] == "gs://acme-ml/models/their_model.onnx"
 
 
+# slow: ~45 s of kfp.local; regression scoring, serving and batch prediction are covered by library tests
+@pytest.mark.slow
 def test_regression_on_diabetes_is_judged_by_rmse(tmp_path):
     proc, summary, tasks, rows = _run(
         tmp_path, "--set", "source=diabetes", "--set", "architecture=mlp", "--set", "model_args={hidden: [64, 32]}",

@@ -103,6 +103,8 @@ def _save_pretrained(folder: Path, texts: list[str]) -> None:
                             sep_token="[SEP]", mask_token="[MASK]").save_pretrained(folder)
 
 
+# slow: ~30 s; tests/text_models load hf: folders, the from-scratch run covers the pipeline
+@pytest.mark.slow
 def test_from_a_save_pretrained_folder_as_it_is(tmp_path, reviews):
     import csv
 

@@ -54,6 +54,8 @@ def test_two_ray_workers_end_with_the_weights_of_one_process(ray_session, even_d
     assert (tmp_path / "ray" / ray_engine.RUN_NAME).is_dir()  # Ray Train's run folder, not beside the model
 
 
+# slow: the kfp.local Ray test (tests/components) checks the artifact rank 0 writes
+@pytest.mark.slow
 def test_rank_zero_writes_the_artifact_once_and_it_loads(ray_session, digits_dir, tmp_path):
     out = tmp_path / "model"
     result = ray_engine.train_with_ray(ray_job(digits_dir, str(out)), log=QUIET["log"])
@@ -104,6 +106,8 @@ def test_bad_worker_resources_are_refused(requested, problem):
     assert ray_engine._resources(None, use_gpu=True) == {"CPU": 1, "GPU": 1}
 
 
+# slow: another Ray run; test_ray_job_stages_the_dataset... checks the entrypoint's staging fast
+@pytest.mark.slow
 def test_the_vertex_ray_job_entrypoint_trains_and_writes_the_model_and_result(ray_session, even_dir, tmp_path):
     """What the ray-train step submits to a Ray on Vertex cluster, run here with local paths."""
     import json

@@ -104,6 +104,8 @@ def test_grid_measures_every_point_and_writes_the_chosen_config_a_running_server
     assert sum(ln.startswith("[") for ln in lines) == 5 and "ETA" in lines[1] and "req/s" in lines[1]
 
 
+# slow: the grid test measures and writes; this only checks the flag
+@pytest.mark.slow
 def test_dry_run_measures_and_reports_but_writes_nothing(tmp_path):
     repo = _repo(tmp_path)
     config = repo / "tiny" / repository.CONFIG_FILE
