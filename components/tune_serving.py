@@ -40,6 +40,7 @@ def tune_serving(
         Output: What happened to config.pbtxt (written, unchanged, or no point met the budget).
     """
     from modelpress.loadtest import tuning as tune
+    from modelpress.loadtest import tuning_report
 
     print(f"[tune-serving] {model_name} version {deployed_version} in {repository}")
     try:
@@ -48,10 +49,8 @@ def tune_serving(
     except tune.NoPointMeetsBudget as exc:  # the model is deployed either way: report, do not fail the run
         report = exc.report
         print(f"[tune-serving] {exc}")
-    with open(f"{tuning.path}/tuning.md") as f:
-        table_text = f.read()
     with open(table.path, "w") as f:
-        f.write(table_text)
+        f.write(tuning_report.markdown(report))
     figures = {}
     for role in ("current", "chosen"):
         point = report.get("default" if role == "current" else "chosen") or {}

@@ -93,6 +93,15 @@ def build_config(onnx_path: str | os.PathLike, name: str, *, max_batch_size: int
     return config
 
 
+def serving_layout(config, cores: int) -> tuple[int, int]:
+    """(instances, ONNX Runtime intra-op threads per instance) a config serves with on `cores`:
+    the instance groups' counts, and THREAD_PARAM when set, else the cores shared out."""
+    instances = sum(g.count or 1 for g in config.instance_group) or 1
+    p = config.parameters.get(THREAD_PARAM)
+    configured = int(p.string_value) if p is not None and p.string_value.isdigit() else 0
+    return instances, configured if configured > 0 else max(1, cores // instances)
+
+
 def describe_for_clients(meta: dict) -> dict[str, str]:
     """What to send and what comes back, as config.pbtxt parameters (Triton ignores unknown ones).
 

@@ -63,10 +63,7 @@ def usable_cores() -> int:
 def current_setting(config, cores: int) -> Setting:
     """What the config serves with, as `modelpress serve` reads it (threads: the config's
     intra_op_thread_count, else cores / instances)."""
-    instances = sum(g.count or 1 for g in config.instance_group) or 1
-    p = config.parameters.get(THREAD_PARAM)
-    threads = int(p.string_value) if p is not None and p.string_value.isdigit() and int(p.string_value) > 0 \
-        else max(1, cores // instances)
+    instances, threads = repo.serving_layout(config, cores)
     if config.max_batch_size > 0 and config.HasField("dynamic_batching"):
         db = config.dynamic_batching
         return Setting(instances, threads, int(db.max_queue_delay_microseconds), tuple(db.preferred_batch_size))

@@ -124,21 +124,15 @@ class ModelVersion:
 
 def open_sessions(config, folder: Path, threads: int | None) -> tuple[list, int]:
     """`instance_group.count` ONNX Runtime sessions (slow: run it off the event loop)."""
-    count = sum(g.count or 1 for g in config.instance_group) or 1
-    cores = len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
-    threads = threads or _thread_param(config) or max(1, cores // count)
+    # the cores this process may use (containers, taskset); --threads overrides the config's
+    count, configured = repo.serving_layout(config, len(os.sched_getaffinity(0)))
+    threads = threads or configured
     return [ort_session(folder / ONNX_FILE, threads=threads) for _ in range(count)], threads
 
 
 def _type_name(value: int) -> str:
     from tritonclient.grpc import model_config_pb2 as mc
     return mc.DataType.Name(value)
-
-
-def _thread_param(config) -> int | None:
-    # Triton's onnxruntime backend setting, honoured here as well
-    p = config.parameters.get("intra_op_thread_count")
-    return int(p.string_value) if p is not None and p.string_value.isdigit() and int(p.string_value) > 0 else None
 
 
 def select_versions(config, available: list[int]) -> list[int]:
